@@ -1,0 +1,324 @@
+//! Every metric flowcast exports: the only place that names metrics and writes help text.
+//!
+//! Owns an explicit `prometheus::Registry` (never the global one) and the gauge and counter
+//! families in it. Per-series gauges carry `series`, then the configured `by` labels, then
+//! `horizon` or `component` where they apply. When a series is not ready its forecast
+//! gauges are removed, never set to 0 or NaN (SPEC.md). It must not compute anything: the
+//! pipeline hands it finished numbers.
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::band::{Forecast, Judgement};
+use crate::features::HORIZON_STEPS;
+
+/// Label values of the `horizon` label, in horizon order.
+pub const HORIZONS: [&str; HORIZON_STEPS] = ["5m", "10m", "15m"];
+/// Label values of the `component` label: u1, u2, u3.
+pub const COMPONENTS: [&str; 3] = ["epistemic", "heteroscedastic", "homoscedastic"];
+/// Label names flowcast uses itself, which `by` labels may not take.
+pub const RESERVED_LABELS: [&str; 5] = ["series", "horizon", "component", "reason", "le"];
+/// Content type of the Prometheus text format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Errors building the registry (only a programming error or a bad prefix can cause one).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// The per-series gauges.
+#[derive(Clone)]
+struct SeriesGauges {
+    mean: GaugeVec,
+    lower: GaugeVec,
+    upper: GaugeVec,
+    stddev: GaugeVec,
+    uncertainty: GaugeVec,
+    observed: GaugeVec,
+    anomaly: GaugeVec,
+    out_of_band: GaugeVec,
+    ready: GaugeVec,
+    history: GaugeVec,
+    coverage: GaugeVec,
+    error: GaugeVec,
+}
+
+/// All metrics, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    series: SeriesGauges,
+    /// Duration of scrapes of the target, successful or not.
+    pub scrape_duration: Histogram,
+    /// Failed scrapes by reason.
+    pub scrape_failures: IntCounterVec,
+    /// Scrapes attempted.
+    pub scrapes: IntCounter,
+    /// Samples (or series) refused by the series cap.
+    pub series_dropped: IntCounter,
+    /// Counter resets seen.
+    pub counter_resets: IntCounter,
+    /// Duration of one batched inference run (all series, all passes).
+    pub inference_duration: Histogram,
+    /// Duration of one whole forecast tick.
+    pub tick_duration: Histogram,
+    /// Monte-Carlo passes per forecast.
+    pub mc_passes: IntGauge,
+    /// Series currently held.
+    pub series_count: IntGauge,
+    /// Unix time of the last tick that completed.
+    pub last_tick: prometheus::Gauge,
+    /// Failed ticks by reason.
+    pub tick_failures: IntCounterVec,
+    /// Build information (always 1).
+    pub build_info: IntGaugeVec,
+    /// Time from a request to the /metrics answer, by endpoint.
+    pub http_duration: HistogramVec,
+}
+
+impl Metrics {
+    /// Builds and registers every metric, named `<prefix>_...`, with `by` as the extra
+    /// series labels.
+    pub fn new(prefix: &str, by: &[String]) -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let name = |n: &str| format!("{prefix}_{n}");
+        let mut series_labels: Vec<&str> = vec!["series"];
+        series_labels.extend(by.iter().map(String::as_str));
+        let mut horizon_labels = series_labels.clone();
+        horizon_labels.push("horizon");
+        let mut component_labels = horizon_labels.clone();
+        component_labels.push("component");
+        let gauge = |n: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, MetricsError> {
+            let g = GaugeVec::new(Opts::new(name(n), help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let series = SeriesGauges {
+            mean: gauge(
+                "forecast_requests_per_second",
+                "Forecast of the peak 1-minute request rate in the 5-minute step ending `horizon` from now (mean of the band).",
+                &horizon_labels,
+            )?,
+            lower: gauge(
+                "forecast_lower_requests_per_second",
+                "Lower bound of the calibrated 95% forecast band (never below 0).",
+                &horizon_labels,
+            )?,
+            upper: gauge(
+                "forecast_upper_requests_per_second",
+                "Upper bound of the calibrated 95% forecast band; the autoscaling signal.",
+                &horizon_labels,
+            )?,
+            stddev: gauge(
+                "forecast_stddev_requests_per_second",
+                "Calibrated standard deviation sqrt(u1^2+u2^2+u3^2) of the forecast, for aggregating bands: sum(mean) +- 1.96*sqrt(sum(stddev^2)).",
+                &horizon_labels,
+            )?,
+            uncertainty: gauge(
+                "uncertainty_requests_per_second",
+                "Uncertainty components of the forecast before calibration: epistemic (u1, Monte-Carlo dropout), heteroscedastic (u2, predicted noise), homoscedastic (u3, learnt per time of day).",
+                &component_labels,
+            )?,
+            observed: gauge(
+                "observed_requests_per_second",
+                "Peak 1-minute request rate of the latest complete 5-minute step.",
+                &series_labels,
+            )?,
+            anomaly: gauge(
+                "anomaly_score",
+                "(observed - forecast made for the latest step) / its standard deviation, in the model's log scale.",
+                &series_labels,
+            )?,
+            out_of_band: gauge(
+                "out_of_band",
+                "1 when the latest observed step fell outside the band forecast for it 5 minutes earlier.",
+                &series_labels,
+            )?,
+            ready: gauge(
+                "ready",
+                "1 when the series has enough recent history and its forecasts are exported, else 0.",
+                &series_labels,
+            )?,
+            history: gauge(
+                "history_seconds",
+                "Seconds of 1-minute rates the series currently holds.",
+                &series_labels,
+            )?,
+            coverage: gauge(
+                "band_coverage_ratio",
+                "Share of recent steps that fell inside the band forecast for them (exponentially weighted over about a day).",
+                &horizon_labels,
+            )?,
+            error: gauge(
+                "forecast_error_ratio",
+                "Mean absolute forecast error over the mean observed rate (exponentially weighted over about a day).",
+                &horizon_labels,
+            )?,
+        };
+        let histogram = |n: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, MetricsError> {
+            let h = Histogram::with_opts(HistogramOpts::new(name(n), help).buckets(buckets))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let fast = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let scrape_duration = histogram("scrape_duration_seconds", "Duration of scrapes of the target.", fast.clone())?;
+        let inference_duration = histogram(
+            "inference_duration_seconds",
+            "Duration of one batched model run (all ready series, all Monte-Carlo passes).",
+            fast.clone(),
+        )?;
+        let tick_duration = histogram(
+            "tick_duration_seconds",
+            "Duration of one forecast tick (features, inference, band, publishing).",
+            fast.clone(),
+        )?;
+        let counter_vec = |n: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+            let c = IntCounterVec::new(Opts::new(name(n), help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let counter = |n: &str, help: &str| -> Result<IntCounter, MetricsError> {
+            let c = IntCounter::with_opts(Opts::new(name(n), help))?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let int_gauge = |n: &str, help: &str| -> Result<IntGauge, MetricsError> {
+            let g = IntGauge::with_opts(Opts::new(name(n), help))?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let scrape_failures = counter_vec("scrape_failures_total", "Failed scrapes of the target, by reason.", &["reason"])?;
+        let tick_failures = counter_vec("tick_failures_total", "Forecast ticks that failed, by reason.", &["reason"])?;
+        let scrapes = counter("scrapes_total", "Scrapes of the target attempted.")?;
+        let series_dropped = counter(
+            "series_dropped_total",
+            "Samples whose series was refused because --max-series was reached.",
+        )?;
+        let counter_resets = counter("counter_resets_total", "Counter resets seen in the selected counters.")?;
+        let mc_passes = int_gauge("mc_passes", "Monte-Carlo dropout passes per forecast.")?;
+        let series_count = int_gauge("series", "Series currently held.")?;
+        let last_tick = prometheus::Gauge::with_opts(Opts::new(
+            name("last_successful_tick_timestamp_seconds"),
+            "Unix time at which the last forecast tick completed.",
+        ))?;
+        registry.register(Box::new(last_tick.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(name("build_info"), "Build information; the value is always 1."),
+            &["version"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(name("http_request_duration_seconds"), "Time to answer HTTP requests, by path.").buckets(fast),
+            &["path"],
+        )?;
+        registry.register(Box::new(http_duration.clone()))?;
+        Ok(Self {
+            registry,
+            series,
+            scrape_duration,
+            scrape_failures,
+            scrapes,
+            series_dropped,
+            counter_resets,
+            inference_duration,
+            tick_duration,
+            mc_passes,
+            series_count,
+            last_tick,
+            tick_failures,
+            build_info,
+            http_duration,
+        })
+    }
+
+    /// Publishes a ready series' forecast.
+    pub fn publish_forecast(&self, series: &[&str], forecast: &Forecast) {
+        let s = &self.series;
+        for (h, interval) in forecast.horizons.iter().enumerate() {
+            let labels = with(series, &[HORIZONS[h]]);
+            s.mean.with_label_values(&labels).set(interval.mean);
+            s.lower.with_label_values(&labels).set(interval.lower);
+            s.upper.with_label_values(&labels).set(interval.upper);
+            s.stddev.with_label_values(&labels).set(interval.stddev);
+            for (c, value) in interval.components.iter().enumerate() {
+                s.uncertainty.with_label_values(&with(series, &[HORIZONS[h], COMPONENTS[c]])).set(*value);
+            }
+        }
+    }
+
+    /// Removes a series' forecast gauges (it is not ready): they are absent, not zero.
+    pub fn clear_forecast(&self, series: &[&str]) {
+        let s = &self.series;
+        for h in HORIZONS {
+            let labels = with(series, &[h]);
+            for g in [&s.mean, &s.lower, &s.upper, &s.stddev] {
+                let _ = g.remove_label_values(&labels);
+            }
+            for c in COMPONENTS {
+                let _ = s.uncertainty.remove_label_values(&with(series, &[h, c]));
+            }
+        }
+    }
+
+    /// Publishes a series' status gauges; absent values remove their gauge.
+    pub fn publish_status(&self, series: &[&str], status: &SeriesStatus) {
+        let s = &self.series;
+        s.ready.with_label_values(series).set(if status.ready { 1.0 } else { 0.0 });
+        s.history.with_label_values(series).set(status.history_seconds);
+        set_or_remove(&s.observed, series, status.observed);
+        set_or_remove(&s.anomaly, series, status.judgement.map(|j| j.anomaly_score));
+        set_or_remove(&s.out_of_band, series, status.judgement.map(|j| if j.out_of_band { 1.0 } else { 0.0 }));
+        for (h, horizon) in HORIZONS.iter().enumerate() {
+            let labels = with(series, &[horizon]);
+            set_or_remove(&s.coverage, &labels, status.coverage[h]);
+            set_or_remove(&s.error, &labels, status.error_ratio[h]);
+        }
+    }
+
+    /// The registry, for the HTTP server.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Encodes every metric in the Prometheus text format.
+    pub fn encode_text(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a failure would be a malformed family,
+        // which this module never registers.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+/// The status of one series at one tick.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesStatus {
+    /// Whether forecasts are exported.
+    pub ready: bool,
+    /// Seconds of history held.
+    pub history_seconds: f64,
+    /// Latest complete step's value.
+    pub observed: Option<f64>,
+    /// How the forecast for the latest step fared.
+    pub judgement: Option<Judgement>,
+    /// Rolling band coverage by horizon.
+    pub coverage: [Option<f64>; HORIZON_STEPS],
+    /// Rolling error ratio by horizon.
+    pub error_ratio: [Option<f64>; HORIZON_STEPS],
+}
+
+fn with<'a>(series: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    series.iter().chain(extra).copied().collect()
+}
+
+fn set_or_remove(g: &GaugeVec, labels: &[&str], value: Option<f64>) {
+    match value.filter(|v| v.is_finite()) {
+        Some(v) => g.with_label_values(labels).set(v),
+        None => {
+            let _ = g.remove_label_values(labels);
+        }
+    }
+}

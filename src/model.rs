@@ -1,0 +1,501 @@
+//! The forecasting model: the only module that imports tract.
+//!
+//! Owns loading the ONNX file (the embedded one or a user's), checking it against its
+//! model card (names, shapes, a finite test run), and one batched run of Monte-Carlo
+//! dropout passes for many series. Following tract's own pattern: load → check facts →
+//! optimise → run. Dropout masks are an explicit input drawn here with a seeded PRNG,
+//! because tract treats ONNX `Dropout` as identity (TRACT.md); an all-ones mask gives the
+//! deterministic forecast. It must not know about metrics, HTTP or the clock.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+use tract_onnx::prelude::*;
+
+use crate::features::{
+    ModelInput, DECODER_FEATURES, ENCODER_FEATURES, HORIZON_STEPS, MIN_PRESENT_STEPS,
+    RECENT_STEPS, WINDOW_STEPS, ZERO_SCALE_FALLBACK,
+};
+
+/// The ONNX model shipped inside the binary.
+pub const EMBEDDED_MODEL: &[u8] = include_bytes!("../models/flowcast.onnx");
+/// Its model card.
+pub const EMBEDDED_CARD: &str = include_str!("../models/flowcast.card.json");
+
+/// Errors loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The model or card file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The card is not valid JSON of the expected form.
+    #[error("model card is invalid: {0}")]
+    Card(String),
+    /// The card describes a contract this build does not implement.
+    #[error("model card does not match the feature contract: {0}")]
+    Contract(String),
+    /// tract could not load or optimise the ONNX file.
+    #[error("cannot load the ONNX model: {0}")]
+    Load(String),
+    /// The model's inputs or outputs differ from the card.
+    #[error("model does not match its card: {0}")]
+    Shape(String),
+    /// A run failed or produced non-finite numbers.
+    #[error("model run failed: {0}")]
+    Run(String),
+}
+
+impl ModelError {
+    /// A short bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "read",
+            Self::Card(_) => "card",
+            Self::Contract(_) => "contract",
+            Self::Load(_) => "load",
+            Self::Shape(_) => "shape",
+            Self::Run(_) => "run",
+        }
+    }
+}
+
+/// The parts of the model card (`models/flowcast.card.json`) the runtime relies on.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelCard {
+    /// Card format; this build reads version 1.
+    pub format_version: u32,
+    /// Input names and shapes (`null` = batch dimension).
+    pub inputs: std::collections::BTreeMap<String, Vec<Option<usize>>>,
+    /// Output names and shapes.
+    pub outputs: std::collections::BTreeMap<String, Vec<Option<usize>>>,
+    /// Seconds per step.
+    pub step_seconds: i64,
+    /// Past steps read.
+    pub window_steps: usize,
+    /// Future steps forecast.
+    pub horizon_steps: usize,
+    /// Normalisation description.
+    pub normalisation: Normalisation,
+    /// Readiness rule.
+    pub readiness: Readiness,
+    /// Dropout of the Monte-Carlo passes.
+    pub dropout: Dropout,
+    /// Default number of Monte-Carlo passes.
+    pub mc_passes: usize,
+    /// Calibration prior learnt on the training data's validation windows.
+    pub calibration_prior: CalibrationPrior,
+}
+
+/// Card: normalisation.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Normalisation {
+    /// Must be `log1p_over_window_mean`.
+    pub kind: String,
+    /// Scale for all-zero windows.
+    pub zero_scale_fallback: f64,
+}
+
+/// Card: readiness rule.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Readiness {
+    /// Fewest present steps.
+    pub min_present_steps: usize,
+    /// Newest steps of which one must be present.
+    pub recent_steps: usize,
+}
+
+/// Card: dropout.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Dropout {
+    /// Drop probability p; kept units are scaled by 1/(1-p).
+    pub rate: f64,
+    /// Width of the `mask` input.
+    pub mask_width: usize,
+}
+
+/// Card: calibration prior, per horizon.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CalibrationPrior {
+    /// u3² (z-space) by horizon and UTC hour of the target window.
+    pub u3_sq_by_hour: Vec<Vec<f64>>,
+    /// Multiplier of σ for the upper bound, by horizon.
+    pub k_upper: Vec<f64>,
+    /// Multiplier of σ for the lower bound, by horizon.
+    pub k_lower: Vec<f64>,
+}
+
+/// Raw outputs of all passes for one series, in z-space.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassOutputs {
+    /// Mean of the deterministic (all-ones mask) pass, per horizon.
+    pub mean: [f64; HORIZON_STEPS],
+    /// Epistemic variance u1²: variance of the Monte-Carlo means, per horizon.
+    pub u1_sq: [f64; HORIZON_STEPS],
+    /// Heteroscedastic variance u2²: mean predicted variance over the passes, per horizon.
+    pub u2_sq: [f64; HORIZON_STEPS],
+}
+
+/// A loaded, checked and optimised model.
+#[derive(Debug)]
+pub struct Model {
+    plan: Arc<TypedRunnableModel>,
+    card: ModelCard,
+    mask_width: usize,
+    keep: f64,
+}
+
+/// Largest batch (series × passes) run in one tract call; bigger ticks are split so that
+/// memory stays bounded (TRACT.md: RSS grows with the batch).
+const MAX_BATCH: usize = 4096;
+
+impl Model {
+    /// Loads the model embedded in the binary.
+    pub fn embedded() -> Result<Self, ModelError> {
+        Self::from_parts(EMBEDDED_MODEL, EMBEDDED_CARD)
+    }
+
+    /// Loads a user's model and card from files.
+    pub fn from_files(model: &Path, card: &Path) -> Result<Self, ModelError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| ModelError::Read {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let bytes = read(model)?;
+        let card = String::from_utf8(read(card)?)
+            .map_err(|_| ModelError::Card("not UTF-8".to_string()))?;
+        Self::from_parts(&bytes, &card)
+    }
+
+    /// Loads a model from ONNX bytes and card JSON, and checks one against the other.
+    pub fn from_parts(onnx: &[u8], card_json: &str) -> Result<Self, ModelError> {
+        let card: ModelCard =
+            serde_json::from_str(card_json).map_err(|e| ModelError::Card(e.to_string()))?;
+        check_contract(&card)?;
+        let mut reader = onnx;
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut reader)
+            .and_then(|m| m.into_typed())
+            .map_err(|e| ModelError::Load(format!("{e:#}")))?;
+        check_io(&model, &card)?;
+        let plan = model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| ModelError::Load(format!("{e:#}")))?;
+        let keep = 1.0 - card.dropout.rate;
+        let this = Self {
+            plan,
+            mask_width: card.dropout.mask_width,
+            keep,
+            card,
+        };
+        // A model with NaN weights loads fine and fails here, at start, not at the first tick.
+        let probe = crate::features::model_input(&[Some(1.0); WINDOW_STEPS], 0)
+            .map_err(|e| ModelError::Run(format!("probe window not ready: {e:?}")))?;
+        this.predict(std::slice::from_ref(&probe), &[0], 2)?;
+        Ok(this)
+    }
+
+    /// The model card.
+    pub fn card(&self) -> &ModelCard {
+        &self.card
+    }
+
+    /// Runs the deterministic pass and `passes` Monte-Carlo passes for every input in one
+    /// batched run (split only beyond [`MAX_BATCH`] rows). Input `i`'s masks come from a
+    /// ChaCha8 stream seeded with `seeds[i]`, so a result never depends on what else shares
+    /// the batch.
+    pub fn predict(
+        &self,
+        inputs: &[ModelInput],
+        seeds: &[u64],
+        passes: usize,
+    ) -> Result<Vec<PassOutputs>, ModelError> {
+        if seeds.len() != inputs.len() {
+            return Err(ModelError::Run(format!("{} inputs but {} seeds", inputs.len(), seeds.len())));
+        }
+        let rows_per_series = passes + 1;
+        let series_per_call = (MAX_BATCH / rows_per_series).max(1);
+        let mut out = Vec::with_capacity(inputs.len());
+        for (chunk, chunk_seeds) in inputs.chunks(series_per_call).zip(seeds.chunks(series_per_call)) {
+            let (mean, logvar) = self.run_rows(chunk, chunk_seeds, rows_per_series)?;
+            for i in 0..chunk.len() {
+                out.push(reduce(&mean, &logvar, i * rows_per_series, passes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs the raw network on explicit inputs (used by the golden tests).
+    pub fn run_raw(
+        &self,
+        x: &[f32],
+        xf: &[f32],
+        mask: &[f32],
+        batch: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+        let tensor = |shape: &[usize], data: &[f32]| {
+            Tensor::from_shape(shape, data).map_err(|e| ModelError::Run(format!("{e:#}")))
+        };
+        let x = tensor(&[batch, WINDOW_STEPS, ENCODER_FEATURES], x)?;
+        let xf = tensor(&[batch, HORIZON_STEPS, DECODER_FEATURES], xf)?;
+        let mask = tensor(&[batch, self.mask_width], mask)?;
+        let result = self
+            .plan
+            .run(tvec!(x.into(), xf.into(), mask.into()))
+            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        let take = |i: usize| -> Result<Vec<f32>, ModelError> {
+            let t = result
+                .get(i)
+                .ok_or_else(|| ModelError::Run(format!("missing output {i}")))?;
+            let v = t
+                .to_plain_array_view::<f32>()
+                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            if v.len() != batch * HORIZON_STEPS {
+                return Err(ModelError::Run(format!("output {i} has {} values", v.len())));
+            }
+            Ok(v.iter().copied().collect())
+        };
+        Ok((take(0)?, take(1)?))
+    }
+
+    fn run_rows(
+        &self,
+        inputs: &[ModelInput],
+        seeds: &[u64],
+        rows_per_series: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+        let batch = inputs.len() * rows_per_series;
+        let mut x = Vec::with_capacity(batch * WINDOW_STEPS * ENCODER_FEATURES);
+        let mut xf = Vec::with_capacity(batch * HORIZON_STEPS * DECODER_FEATURES);
+        let mut mask = Vec::with_capacity(batch * self.mask_width);
+        let scale = (1.0 / self.keep) as f32;
+        for (input, seed) in inputs.iter().zip(seeds) {
+            let mut rng = ChaCha8Rng::seed_from_u64(*seed);
+            for pass in 0..rows_per_series {
+                x.extend(input.x.iter().flatten());
+                xf.extend(input.xf.iter().flatten());
+                if pass == 0 {
+                    mask.extend(std::iter::repeat_n(1.0f32, self.mask_width));
+                } else {
+                    mask.extend((0..self.mask_width).map(|_| {
+                        if rng.random::<f64>() < self.keep {
+                            scale
+                        } else {
+                            0.0
+                        }
+                    }));
+                }
+            }
+        }
+        self.run_raw(&x, &xf, &mask, batch)
+    }
+}
+
+/// Reduces the rows of one series (deterministic row first, then the MC passes).
+fn reduce(mean: &[f32], logvar: &[f32], first_row: usize, passes: usize) -> Result<PassOutputs, ModelError> {
+    let at = |v: &[f32], row: usize, h: usize| f64::from(v[(first_row + row) * HORIZON_STEPS + h]);
+    let mut out = PassOutputs {
+        mean: [0.0; HORIZON_STEPS],
+        u1_sq: [0.0; HORIZON_STEPS],
+        u2_sq: [0.0; HORIZON_STEPS],
+    };
+    for h in 0..HORIZON_STEPS {
+        out.mean[h] = at(mean, 0, h);
+        if passes == 0 {
+            out.u2_sq[h] = at(logvar, 0, h).clamp(-30.0, 30.0).exp();
+            continue;
+        }
+        let n = passes as f64;
+        let mc_mean = (1..=passes).map(|r| at(mean, r, h)).sum::<f64>() / n;
+        out.u1_sq[h] = (1..=passes).map(|r| (at(mean, r, h) - mc_mean).powi(2)).sum::<f64>() / n;
+        out.u2_sq[h] = (1..=passes)
+            .map(|r| at(logvar, r, h).clamp(-30.0, 30.0).exp())
+            .sum::<f64>()
+            / n;
+    }
+    let finite = out.mean.iter().chain(&out.u1_sq).chain(&out.u2_sq).all(|v| v.is_finite());
+    if finite {
+        Ok(out)
+    } else {
+        Err(ModelError::Run("the model produced NaN or infinite outputs".to_string()))
+    }
+}
+
+fn check_contract(card: &ModelCard) -> Result<(), ModelError> {
+    let want = |ok: bool, what: &str| if ok { Ok(()) } else { Err(ModelError::Contract(what.to_string())) };
+    want(card.format_version == 1, "format_version must be 1")?;
+    want(card.step_seconds == crate::history::STEP_SECONDS, "step_seconds must be 300")?;
+    want(card.window_steps == WINDOW_STEPS, "window_steps must be 36")?;
+    want(card.horizon_steps == HORIZON_STEPS, "horizon_steps must be 3")?;
+    want(card.normalisation.kind == "log1p_over_window_mean", "normalisation.kind must be log1p_over_window_mean")?;
+    want(card.normalisation.zero_scale_fallback == ZERO_SCALE_FALLBACK, "normalisation.zero_scale_fallback must be 1.0")?;
+    want(card.readiness.min_present_steps == MIN_PRESENT_STEPS, "readiness.min_present_steps must be 18")?;
+    want(card.readiness.recent_steps == RECENT_STEPS, "readiness.recent_steps must be 3")?;
+    want((0.0..1.0).contains(&card.dropout.rate), "dropout.rate must be in [0, 1)")?;
+    want(card.dropout.mask_width > 0, "dropout.mask_width must be positive")?;
+    let p = &card.calibration_prior;
+    want(
+        p.u3_sq_by_hour.len() == HORIZON_STEPS
+            && p.u3_sq_by_hour.iter().all(|h| h.len() == 24 && h.iter().all(|v| v.is_finite() && *v >= 0.0)),
+        "calibration_prior.u3_sq_by_hour must be 3 x 24 non-negative numbers",
+    )?;
+    want(
+        p.k_upper.len() == HORIZON_STEPS && p.k_lower.len() == HORIZON_STEPS
+            && p.k_upper.iter().chain(&p.k_lower).all(|v| v.is_finite() && *v > 0.0),
+        "calibration_prior.k_upper and k_lower must be 3 positive numbers each",
+    )?;
+    let expect_inputs = [
+        ("x", vec![None, Some(WINDOW_STEPS), Some(ENCODER_FEATURES)]),
+        ("xf", vec![None, Some(HORIZON_STEPS), Some(DECODER_FEATURES)]),
+        ("mask", vec![None, Some(card.dropout.mask_width)]),
+    ];
+    for (name, shape) in &expect_inputs {
+        want(card.inputs.get(*name) == Some(shape), &format!("inputs.{name} must be {shape:?}"))?;
+    }
+    for name in ["mean", "logvar"] {
+        let shape = vec![None, Some(HORIZON_STEPS)];
+        want(card.outputs.get(name) == Some(&shape), &format!("outputs.{name} must be {shape:?}"))?;
+    }
+    Ok(())
+}
+
+/// Checks the ONNX graph's inputs (x, xf, mask) and outputs (mean, logvar) against the card.
+fn check_io(model: &TypedModel, card: &ModelCard) -> Result<(), ModelError> {
+    let err = |m: String| ModelError::Shape(m);
+    let inputs = model.input_outlets().map_err(|e| err(format!("{e:#}")))?;
+    let outputs = model.output_outlets().map_err(|e| err(format!("{e:#}")))?;
+    let in_names = ["x", "xf", "mask"];
+    let out_names = ["mean", "logvar"];
+    if inputs.len() != in_names.len() {
+        return Err(err(format!("expected 3 inputs (x, xf, mask), found {}", inputs.len())));
+    }
+    if outputs.len() != out_names.len() {
+        return Err(err(format!("expected 2 outputs (mean, logvar), found {}", outputs.len())));
+    }
+    let check = |outlet: OutletId, name: &str, expected: &[Option<usize>]| -> Result<(), ModelError> {
+        let fact = model.outlet_fact(outlet).map_err(|e| err(format!("{e:#}")))?;
+        if fact.datum_type != f32::datum_type() {
+            return Err(err(format!("{name} must be float32, is {:?}", fact.datum_type)));
+        }
+        let dims: Vec<Option<i64>> = fact.shape.iter().map(|d| d.as_i64()).collect();
+        let ok = dims.len() == expected.len()
+            && dims.iter().zip(expected).all(|(d, e)| match e {
+                None => true,
+                Some(n) => *d == Some(*n as i64),
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(err(format!("{name} has shape {:?}, the card says {expected:?}", fact.shape)))
+        }
+    };
+    for (outlet, name) in inputs.iter().zip(in_names) {
+        let actual = &model.node(outlet.node).name;
+        if actual != name {
+            return Err(err(format!("input {name} expected, found {actual}")));
+        }
+        check(*outlet, name, &card.inputs[name])?;
+    }
+    for (outlet, name) in outputs.iter().zip(out_names) {
+        check(*outlet, name, &card.outputs[name])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Golden {
+        model_cases: Vec<GoldenCase>,
+    }
+    #[derive(Deserialize)]
+    struct GoldenCase {
+        x: serde_json::Value,
+        xf: serde_json::Value,
+        mask: serde_json::Value,
+        mean: serde_json::Value,
+        logvar: serde_json::Value,
+    }
+
+    fn flat(v: &serde_json::Value, out: &mut Vec<f32>) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().for_each(|e| flat(e, out)),
+            serde_json::Value::Number(n) => out.push(n.as_f64().unwrap_or(f64::NAN) as f32),
+            _ => out.push(f32::NAN),
+        }
+    }
+
+    fn flattened(v: &serde_json::Value) -> Vec<f32> {
+        let mut out = Vec::new();
+        flat(v, &mut out);
+        out
+    }
+
+    #[test]
+    fn tract_reproduces_the_training_scripts_golden_outputs() {
+        let model = Model::embedded().expect("embedded model loads");
+        let golden: Golden =
+            serde_json::from_str(include_str!("../models/golden.json")).expect("golden parses");
+        assert!(golden.model_cases.len() >= 2);
+        for (i, case) in golden.model_cases.iter().enumerate() {
+            let x = flattened(&case.x);
+            let batch = x.len() / (WINDOW_STEPS * ENCODER_FEATURES);
+            let (mean, logvar) = model
+                .run_raw(&x, &flattened(&case.xf), &flattened(&case.mask), batch)
+                .expect("runs");
+            for (got, want) in mean.iter().zip(flattened(&case.mean)).chain(logvar.iter().zip(flattened(&case.logvar))) {
+                assert!((got - want).abs() <= 1e-4, "case {i}: tract {got} vs torch {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_card_that_disagrees_with_the_model_is_refused() {
+        let wrong = EMBEDDED_CARD.replace("\"mask_width\": 96", "\"mask_width\": 95");
+        assert_ne!(wrong, EMBEDDED_CARD, "the card names mask_width 96");
+        let err = Model::from_parts(EMBEDDED_MODEL, &wrong).expect_err("refused");
+        assert_eq!(err.reason(), "contract", "{err}");
+        let card: serde_json::Value = serde_json::from_str(EMBEDDED_CARD).expect("card");
+        let mut card = card;
+        card["inputs"]["mask"] = serde_json::json!([null, 95]);
+        card["dropout"]["mask_width"] = serde_json::json!(95);
+        let err = Model::from_parts(EMBEDDED_MODEL, &card.to_string()).expect_err("refused");
+        assert_eq!(err.reason(), "shape", "{err}");
+        assert!(err.to_string().contains("mask"), "{err}");
+    }
+
+    #[test]
+    fn bytes_that_are_not_onnx_are_refused() {
+        let err = Model::from_parts(b"not an onnx file", EMBEDDED_CARD).expect_err("refused");
+        assert_eq!(err.reason(), "load");
+    }
+
+    #[test]
+    fn monte_carlo_passes_are_seeded_and_spread() {
+        let model = Model::embedded().expect("loads");
+        let steps: [Option<f64>; WINDOW_STEPS] = std::array::from_fn(|k| Some(10.0 + (k % 5) as f64));
+        let input = crate::features::model_input(&steps, 86_400 * 30).expect("ready");
+        let a = model.predict(std::slice::from_ref(&input), &[7], 30).expect("runs");
+        let b = model.predict(std::slice::from_ref(&input), &[7], 30).expect("runs");
+        let c = model.predict(std::slice::from_ref(&input), &[8], 30).expect("runs");
+        let two = model.predict(&[input.clone(), input.clone()], &[8, 7], 30).expect("runs");
+        assert_eq!(two[1], a[0], "batch neighbours do not change a series' masks");
+        assert_eq!(a, b, "same seed, same result");
+        assert_ne!(a[0].u1_sq, c[0].u1_sq, "another seed, other masks");
+        assert_eq!(a[0].mean, c[0].mean, "the deterministic pass ignores the seed");
+        assert!(a[0].u1_sq.iter().all(|v| *v > 0.0), "dropout spreads the passes");
+        assert!(a[0].u2_sq.iter().all(|v| *v > 0.0));
+    }
+}

@@ -1,0 +1,500 @@
+//! One forecasting core for `run`, `demo` and `backtest`: scrape → parse → record →
+//! features → one batched inference → band → publish.
+//!
+//! [`Engine`] is the synchronous, deterministic core: it owns the history and the
+//! calibration of every series and turns an origin into a [`TickReport`]. [`run`] is the
+//! live loop around it: it owns the engine (one owner, no locks around history), scrapes on
+//! one interval, forecasts on another with inference on `spawn_blocking`, and hands the
+//! results to the metrics and to the HTTP server through [`Shared`]. No lock is held across
+//! an `.await`.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::band::{BandMode, Calibrator, Forecast, Judgement};
+use crate::exposition::{self, Selector};
+use crate::features::{self, NotReady, WINDOW_STEPS};
+use crate::history::{SeriesLimits, SeriesSet, MINUTE_SECONDS, STEP_SECONDS};
+use crate::metrics::{Metrics, SeriesStatus, HORIZONS};
+use crate::model::{Model, ModelError, PassOutputs};
+use crate::scrape::{ScrapeError, Scraper};
+
+/// Settings of the core.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSettings {
+    /// Monte-Carlo passes per forecast.
+    pub mc_passes: usize,
+    /// Seed of the dropout masks; each tick's stream is derived from it and the origin.
+    pub seed: u64,
+    /// Which uncertainty terms make the band.
+    pub band: BandMode,
+    /// Series caps and the longest usable scrape gap.
+    pub limits: SeriesLimits,
+}
+
+/// One series' result at one tick.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesReport {
+    /// Values of the `by` labels.
+    pub key: Vec<String>,
+    /// Whether forecasts are exported.
+    pub ready: bool,
+    /// Why not, when not ready.
+    pub not_ready_reason: Option<&'static str>,
+    /// Seconds of history held.
+    pub history_seconds: f64,
+    /// Latest complete step value (req/s).
+    pub observed: Option<f64>,
+    /// Anomaly score of the latest step.
+    pub anomaly_score: Option<f64>,
+    /// Whether the latest step left its band.
+    pub out_of_band: Option<bool>,
+    /// Rolling coverage per horizon.
+    pub band_coverage: [Option<f64>; 3],
+    /// Rolling error ratio per horizon.
+    pub error_ratio: [Option<f64>; 3],
+    /// The forecast (ready series only).
+    #[serde(skip)]
+    pub forecast: Option<Forecast>,
+    /// Recent step values (req/s, oldest first, `None` = hole) for the web page.
+    pub recent_steps: Vec<Option<f64>>,
+}
+
+/// Everything one tick produced.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TickReport {
+    /// Unix seconds of the origin.
+    pub origin: i64,
+    /// Per series, in the order they were first seen.
+    pub series: Vec<SeriesReport>,
+}
+
+/// One series as seen at a tick's origin: everything the tick needs from the history.
+#[derive(Debug, Clone)]
+struct SeriesView {
+    index: usize,
+    key: Vec<String>,
+    steps: [Option<f64>; WINDOW_STEPS],
+    history_seconds: f64,
+    input: Result<features::ModelInput, NotReady>,
+}
+
+/// The inputs of one tick, read from the history at its origin; the model has not run yet.
+///
+/// Preparing reads only data that ended by the origin, and finishing (scoring past
+/// forecasts, forming bands) reads only what was captured here, so a driver may prepare
+/// several origins before running the model once for all of them (the backtest does).
+#[derive(Debug)]
+pub struct Prepared {
+    origin: i64,
+    views: Vec<SeriesView>,
+    seed: u64,
+}
+
+impl Prepared {
+    /// Model inputs of the ready series, with their mask seeds.
+    pub fn inputs(&self) -> (Vec<features::ModelInput>, Vec<u64>) {
+        self.views
+            .iter()
+            .filter_map(|v| v.input.as_ref().ok().map(|i| (i.clone(), series_seed(self.seed, v.index))))
+            .unzip()
+    }
+
+    /// Number of ready series.
+    pub fn ready_count(&self) -> usize {
+        self.views.iter().filter(|v| v.input.is_ok()).count()
+    }
+}
+
+/// The synchronous core shared by every driver.
+#[derive(Debug)]
+pub struct Engine {
+    model: Arc<Model>,
+    settings: EngineSettings,
+    set: SeriesSet,
+    calibrators: Vec<Calibrator>,
+    judgements: Vec<Option<Judgement>>,
+}
+
+impl Engine {
+    /// A core with no history.
+    pub fn new(model: Arc<Model>, settings: EngineSettings) -> Self {
+        Self {
+            set: SeriesSet::new(settings.limits),
+            model,
+            settings,
+            calibrators: Vec::new(),
+            judgements: Vec::new(),
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// The series set (history).
+    pub fn series_set(&self) -> &SeriesSet {
+        &self.set
+    }
+
+    /// Records a scrape (see [`SeriesSet::observe`]).
+    pub fn observe<'k>(
+        &mut self,
+        t: f64,
+        samples: impl IntoIterator<Item = (u64, &'k [String], f64)>,
+    ) -> crate::history::ObserveStats {
+        self.set.observe(t, samples)
+    }
+
+    /// Forgets the last scrape time after a failed scrape.
+    pub fn mark_gap(&mut self) {
+        self.set.mark_gap();
+    }
+
+    /// Records a complete minute rate directly (backtest, demo seeding). Returns `false`
+    /// when the series cap refuses the series or the ring refuses the minute.
+    pub fn record_rate(&mut self, key: &[String], minute: i64, rate: f64) -> bool {
+        match self.set.series_index(key) {
+            Some(i) => self.set.series_mut()[i].ring.record(minute, rate),
+            None => false,
+        }
+    }
+
+    /// Reads the history at `origin` (unix seconds, rounded down to a minute): completes
+    /// the minutes that ended by then and featurises every series.
+    pub fn prepare(&mut self, origin: i64) -> Prepared {
+        let origin = origin.div_euclid(MINUTE_SECONDS) * MINUTE_SECONDS;
+        self.set.flush_until(origin as f64);
+        let views = self
+            .set
+            .series()
+            .iter()
+            .enumerate()
+            .map(|(index, series)| {
+                let mut steps = [None; WINDOW_STEPS];
+                series.ring.step_values(origin, &mut steps);
+                SeriesView {
+                    index,
+                    key: series.key.clone(),
+                    steps,
+                    history_seconds: (series.ring.present_minutes() as i64 * MINUTE_SECONDS) as f64,
+                    input: features::model_input(&steps, origin),
+                }
+            })
+            .collect();
+        Prepared {
+            origin,
+            views,
+            seed: tick_seed(self.settings.seed, origin),
+        }
+    }
+
+    /// Scores the forecasts whose targets completed by the tick's origin, then turns the
+    /// model's outputs (one per ready series, in order) into bands.
+    pub fn finish(&mut self, prepared: Prepared, outputs: &[PassOutputs]) -> TickReport {
+        let prior = &self.model.card().calibration_prior;
+        while self.calibrators.len() < self.set.series().len() {
+            self.calibrators.push(Calibrator::new(prior, self.settings.band));
+            self.judgements.push(None);
+        }
+        let origin = prepared.origin;
+        let mut outputs = outputs.iter();
+        let mut reports = Vec::with_capacity(prepared.views.len());
+        for view in prepared.views {
+            let i = view.index;
+            // Score every step that completed since the last tick, oldest first (a source
+            // whose data arrive late completes steps behind the newest position).
+            for k in (WINDOW_STEPS - 3)..WINDOW_STEPS {
+                if let Some(v) = view.steps[k] {
+                    let start = origin - STEP_SECONDS * (WINDOW_STEPS - k) as i64;
+                    if let Some(j) = self.calibrators[i].observe(start, v) {
+                        self.judgements[i] = Some(j);
+                    }
+                }
+            }
+            let forecast = match (&view.input, view.input.is_ok().then(|| outputs.next()).flatten()) {
+                (Ok(input), Some(out)) => Some(self.calibrators[i].forecast(origin, input.scale, out)),
+                _ => None,
+            };
+            let judgement = self.judgements[i];
+            let rolling = self.calibrators[i].rolling();
+            reports.push(SeriesReport {
+                key: view.key,
+                ready: forecast.is_some(),
+                not_ready_reason: match view.input {
+                    Ok(_) if forecast.is_some() => None,
+                    Ok(_) => Some("no_model_output"),
+                    Err(NotReady::TooFewSteps) => Some("too_few_steps"),
+                    Err(NotReady::Stale) => Some("stale"),
+                },
+                history_seconds: view.history_seconds,
+                observed: view.steps[WINDOW_STEPS - 3..].iter().rev().flatten().next().copied(),
+                anomaly_score: judgement.map(|j| j.anomaly_score),
+                out_of_band: judgement.map(|j| j.out_of_band),
+                band_coverage: std::array::from_fn(|h| rolling[h].coverage),
+                error_ratio: std::array::from_fn(|h| rolling[h].error_ratio),
+                forecast,
+                recent_steps: view.steps.to_vec(),
+            });
+        }
+        TickReport { origin, series: reports }
+    }
+
+    /// A whole tick on the calling thread.
+    pub fn tick(&mut self, origin: i64) -> Result<TickReport, ModelError> {
+        let prepared = self.prepare(origin);
+        let (inputs, seeds) = prepared.inputs();
+        let outputs = self.model.predict(&inputs, &seeds, self.settings.mc_passes)?;
+        Ok(self.finish(prepared, &outputs))
+    }
+}
+
+/// The mask seed of series `index` within a tick.
+fn series_seed(tick_seed: u64, index: usize) -> u64 {
+    tick_seed_mix(tick_seed ^ (index as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93))
+}
+
+fn tick_seed_mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The seed of one tick's masks: a stable mix of the configured seed and the origin, so a
+/// backtest is reproducible and truncating its input changes no earlier forecast.
+pub fn tick_seed(seed: u64, origin: i64) -> u64 {
+    tick_seed_mix(seed ^ (origin as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// State shared between the pipeline and the HTTP server. The pipeline writes; the server
+/// reads. Locks are held only to swap or clone an `Arc`.
+pub struct Shared {
+    /// Every exported metric.
+    pub metrics: Metrics,
+    /// The latest tick, for `/api/v1/forecast` and the web page.
+    pub latest: Mutex<Arc<TickReport>>,
+    /// The `series` label value.
+    pub series_name: String,
+    /// Names of the `by` labels.
+    pub by: Vec<String>,
+    /// True once the model is loaded and the pipeline runs; false while draining.
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    /// Shared state with no tick yet.
+    pub fn new(metrics: Metrics, series_name: String, by: Vec<String>) -> Self {
+        Self {
+            metrics,
+            latest: Mutex::new(Arc::new(TickReport::default())),
+            series_name,
+            by,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The latest tick.
+    pub fn latest(&self) -> Arc<TickReport> {
+        match self.latest.lock() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn set_latest(&self, report: Arc<TickReport>) {
+        match self.latest.lock() {
+            Ok(mut g) => *g = report,
+            Err(poisoned) => *poisoned.into_inner() = report,
+        }
+    }
+
+    /// Publishes a tick to the gauges and to the readers.
+    pub fn publish(&self, report: TickReport) {
+        for s in &report.series {
+            let mut labels: Vec<&str> = vec![self.series_name.as_str()];
+            labels.extend(s.key.iter().map(String::as_str));
+            let status = SeriesStatus {
+                ready: s.forecast.is_some(),
+                history_seconds: s.history_seconds,
+                observed: s.observed,
+                judgement: s.anomaly_score.zip(s.out_of_band).map(|(a, o)| Judgement {
+                    anomaly_score: a,
+                    out_of_band: o,
+                }),
+                coverage: s.band_coverage,
+                error_ratio: s.error_ratio,
+            };
+            self.metrics.publish_status(&labels, &status);
+            match &s.forecast {
+                Some(f) => self.metrics.publish_forecast(&labels, f),
+                None => self.metrics.clear_forecast(&labels),
+            }
+        }
+        self.metrics.series_count.set(report.series.len() as i64);
+        self.set_latest(Arc::new(report));
+    }
+}
+
+/// Settings of the live loop.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    /// Scrape period.
+    pub scrape_interval: Duration,
+    /// Forecast period.
+    pub forecast_interval: Duration,
+    /// Counter selector.
+    pub selector: Selector,
+    /// `by` labels.
+    pub by: Vec<String>,
+}
+
+/// Unix seconds now, from the wall clock.
+pub fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The live loop: scrape and forecast until `shutdown` is cancelled; returns the engine so
+/// the caller can snapshot it.
+pub async fn run(
+    mut engine: Engine,
+    scraper: Scraper,
+    settings: LoopSettings,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Engine {
+    let mut scrape_tick = tokio::time::interval(settings.scrape_interval);
+    scrape_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut forecast_tick = tokio::time::interval(settings.forecast_interval);
+    forecast_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    shared.metrics.mc_passes.set(engine.settings().mc_passes as i64);
+    shared.ready.store(true, Ordering::Release);
+    let mut last_outcome: Option<&'static str> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = scrape_tick.tick() => {
+                let outcome = scrape_once(&mut engine, &scraper, &settings, &shared).await;
+                let label = outcome.as_ref().err().map_or("ok", ScrapeError::reason);
+                if last_outcome != Some(label) {
+                    match &outcome {
+                        Ok(()) => info!("scrape succeeded"),
+                        Err(e) => warn!(reason = e.reason(), error = %e, "scrape failed"),
+                    }
+                    last_outcome = Some(label);
+                }
+            }
+            _ = forecast_tick.tick() => {
+                let origin = now_unix().floor() as i64;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    result = forecast_once(&mut engine, origin, &shared) => {
+                        if let Err(e) = result {
+                            shared.metrics.tick_failures.with_label_values(&[e.reason()]).inc();
+                            warn!(reason = e.reason(), error = %e, "forecast tick failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    engine
+}
+
+async fn scrape_once(
+    engine: &mut Engine,
+    scraper: &Scraper,
+    settings: &LoopSettings,
+    shared: &Shared,
+) -> Result<(), ScrapeError> {
+    let started = Instant::now();
+    shared.metrics.scrapes.inc();
+    let result = scraper.fetch().await;
+    let t = now_unix();
+    let outcome = result.and_then(|body| {
+        let mut matched: Vec<(u64, Vec<String>, f64)> = Vec::new();
+        exposition::parse(&body.bytes, body.format, |sample| {
+            if settings.selector.matches(&sample.name, &sample.labels) {
+                let mut h = DefaultHasher::new();
+                sample.name.hash(&mut h);
+                for (k, v) in sample.labels.iter() {
+                    k.hash(&mut h);
+                    v.hash(&mut h);
+                }
+                let key = settings
+                    .by
+                    .iter()
+                    .map(|l| sample.labels.get(l).map(|v| v.into_owned()).unwrap_or_default())
+                    .collect();
+                matched.push((h.finish(), key, sample.value));
+            }
+        })?;
+        Ok(matched)
+    });
+    shared.metrics.scrape_duration.observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(matched) => {
+            let stats = engine.observe(t, matched.iter().map(|(h, k, v)| (*h, k.as_slice(), *v)));
+            shared.metrics.series_dropped.inc_by(stats.dropped as u64);
+            shared.metrics.counter_resets.inc_by(stats.resets as u64);
+            if stats.invalid > 0 {
+                shared.metrics.scrape_failures.with_label_values(&["invalid_value"]).inc();
+            }
+            debug!(matched = stats.matched, "scrape recorded");
+            Ok(())
+        }
+        Err(e) => {
+            shared.metrics.scrape_failures.with_label_values(&[e.reason()]).inc();
+            engine.mark_gap();
+            Err(e)
+        }
+    }
+}
+
+/// Runs one forecast tick: prepare on this task, infer on a blocking thread, publish.
+pub async fn forecast_once(engine: &mut Engine, origin: i64, shared: &Shared) -> Result<(), ModelError> {
+    let started = Instant::now();
+    let prepared = engine.prepare(origin);
+    let (inputs, seeds) = prepared.inputs();
+    let outputs = if inputs.is_empty() {
+        Vec::new()
+    } else {
+        let model = Arc::clone(engine.model());
+        let passes = engine.settings().mc_passes;
+        let infer_started = Instant::now();
+        let outputs = tokio::task::spawn_blocking(move || model.predict(&inputs, &seeds, passes))
+            .await
+            .map_err(|e| ModelError::Run(format!("inference task failed: {e}")))??;
+        shared.metrics.inference_duration.observe(infer_started.elapsed().as_secs_f64());
+        outputs
+    };
+    let report = engine.finish(prepared, &outputs);
+    debug!(
+        origin = report.origin,
+        ready = report.series.iter().filter(|s| s.forecast.is_some()).count(),
+        horizons = HORIZONS.len(),
+        "forecast tick"
+    );
+    shared.publish(report);
+    shared.metrics.tick_duration.observe(started.elapsed().as_secs_f64());
+    shared.metrics.last_tick.set(now_unix());
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! The HTTP server: `/metrics`, `/healthz`, `/readyz`, `/` and `/api/v1/forecast`.
+//!
+//! Owns the accept loop, its connection cap, request limits and the drain on shutdown.
+//! Takes a bound listener and a cancellation token from outside (tests bind
+//! `127.0.0.1:0`). Handlers only read [`Shared`]: encoding the registry and cloning the
+//! latest report never wait for a scrape or an inference.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::metrics::{HORIZONS, TEXT_CONTENT_TYPE};
+use crate::pipeline::{Shared, TickReport};
+
+/// Limits of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Most connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time allowed to read a request's headers.
+    pub header_read_timeout: Duration,
+    /// Time allowed for in-flight requests to finish after shutdown.
+    pub drain: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(5),
+            drain: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves until `shutdown` is cancelled, then drains in-flight requests for at most
+/// `limits.drain`.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: ServerLimits, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(64 * 1024)
+        .keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = Arc::clone(&permits).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = Arc::clone(&shared);
+        let service = hyper::service::service_fn(move |req| {
+            let shared = Arc::clone(&shared);
+            async move { Ok::<_, Infallible>(route(&shared, req)) }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, peer = %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain, graceful.shutdown()).await.is_err() {
+        warn!("in-flight requests did not finish within the drain time");
+    }
+}
+
+fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    let response = if req.method() != Method::GET && req.method() != Method::HEAD {
+        text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n")
+    } else {
+        match path.as_str() {
+            "/metrics" => {
+                let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode_text())));
+                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_CONTENT_TYPE));
+                r
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                if shared.ready.load(Ordering::Acquire) {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+            "/api/v1/forecast" => {
+                let body = forecast_json(shared, &shared.latest()).to_string();
+                with_type(Response::new(Full::new(Bytes::from(body))), "application/json")
+            }
+            "/" => with_type(
+                Response::new(Full::new(Bytes::from(page(shared, &shared.latest())))),
+                "text/html; charset=utf-8",
+            ),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    };
+    let label = match path.as_str() {
+        "/metrics" | "/healthz" | "/readyz" | "/api/v1/forecast" | "/" => path.as_str(),
+        _ => "other",
+    };
+    shared.metrics.http_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = with_type(Response::new(Full::new(Bytes::from_static(body.as_bytes()))), "text/plain; charset=utf-8");
+    *r.status_mut() = status;
+    r
+}
+
+fn with_type(mut r: Response<Full<Bytes>>, content_type: &'static str) -> Response<Full<Bytes>> {
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The `/api/v1/forecast` document: the same numbers as the gauges.
+pub fn forecast_json(shared: &Shared, report: &TickReport) -> serde_json::Value {
+    let series: Vec<_> = report
+        .series
+        .iter()
+        .map(|s| {
+            let mut labels = serde_json::Map::new();
+            labels.insert("series".into(), json!(shared.series_name));
+            for (name, value) in shared.by.iter().zip(&s.key) {
+                labels.insert(name.clone(), json!(value));
+            }
+            let forecast: Vec<_> = s
+                .forecast
+                .iter()
+                .flat_map(|f| f.horizons.iter().enumerate())
+                .map(|(h, i)| {
+                    json!({
+                        "horizon": HORIZONS[h],
+                        "mean": i.mean, "lower": i.lower, "upper": i.upper, "stddev": i.stddev,
+                        "uncertainty": {"epistemic": i.components[0], "heteroscedastic": i.components[1], "homoscedastic": i.components[2]},
+                    })
+                })
+                .collect();
+            json!({
+                "labels": labels,
+                "ready": s.forecast.is_some(),
+                "not_ready_reason": s.not_ready_reason,
+                "history_seconds": s.history_seconds,
+                "observed": s.observed,
+                "anomaly_score": s.anomaly_score,
+                "out_of_band": s.out_of_band,
+                "band_coverage": s.band_coverage,
+                "forecast": forecast,
+            })
+        })
+        .collect();
+    json!({"origin": report.origin, "series": series})
+}
+
+/// The web page: per series, the last three hours of step values and the band for the
+/// next 15 minutes, as inline SVG. No scripts, no external assets.
+pub fn page(shared: &Shared, report: &TickReport) -> String {
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>flowcast</title>\
+         <meta http-equiv=\"refresh\" content=\"30\"><style>body{font:14px system-ui,sans-serif;margin:2em;color:#222}\
+         .s{margin-bottom:2em}svg{background:#fafafa;border:1px solid #ddd}.k{color:#666}</style></head><body>\
+         <h1>flowcast</h1><p class=\"k\">Peak 1-minute request rate per 5-minute step (req/s); shaded: the 95% band for the next 15 minutes.</p>",
+    );
+    if report.series.is_empty() {
+        html.push_str("<p>No series yet: waiting for the first scrape.</p>");
+    }
+    for s in &report.series {
+        let name = std::iter::once(shared.series_name.as_str())
+            .chain(s.key.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        let _ = write!(
+            html,
+            "<div class=\"s\"><h2>{}</h2><p class=\"k\">ready: {} · history: {:.0} min · coverage (5m): {}</p>{}</div>",
+            escape(&name),
+            if s.forecast.is_some() { "yes" } else { "no" },
+            s.history_seconds / 60.0,
+            s.band_coverage[0].map_or("–".to_string(), |c| format!("{:.0}%", c * 100.0)),
+            chart(&s.recent_steps, s.forecast.as_ref()),
+        );
+    }
+    html.push_str("</body></html>");
+    html
+}
+
+fn chart(steps: &[Option<f64>], forecast: Option<&crate::band::Forecast>) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 200.0;
+    let n = steps.len() + forecast.map_or(0, |f| f.horizons.len());
+    let max = steps
+        .iter()
+        .flatten()
+        .copied()
+        .chain(forecast.iter().flat_map(|f| f.horizons.iter().map(|i| i.upper)))
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let x = |i: usize| 10.0 + (W - 20.0) * i as f64 / (n.max(2) - 1) as f64;
+    let y = |v: f64| H - 10.0 - (H - 20.0) * (v / max);
+    let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\">");
+    if let Some(f) = forecast {
+        let last = steps.len().saturating_sub(1);
+        let mut band = String::new();
+        let start = steps.last().copied().flatten();
+        let upper: Vec<(f64, f64)> = start.map(|v| (x(last), y(v))).into_iter().chain(
+            f.horizons.iter().enumerate().map(|(h, i)| (x(steps.len() + h), y(i.upper)))).collect();
+        let lower: Vec<(f64, f64)> = start.map(|v| (x(last), y(v))).into_iter().chain(
+            f.horizons.iter().enumerate().map(|(h, i)| (x(steps.len() + h), y(i.lower)))).collect();
+        for (i, (px, py)) in upper.iter().chain(lower.iter().rev()).enumerate() {
+            let _ = write!(band, "{}{px:.1},{py:.1} ", if i == 0 { "M" } else { "L" });
+        }
+        let _ = write!(svg, "<path class=\"band\" d=\"{band}Z\" fill=\"#f4a261\" fill-opacity=\"0.35\" stroke=\"none\"/>");
+        let mut mean = String::new();
+        for (h, i) in f.horizons.iter().enumerate() {
+            let _ = write!(mean, "{}{:.1},{:.1} ", if h == 0 { "M" } else { "L" }, x(steps.len() + h), y(i.mean));
+        }
+        let _ = write!(svg, "<path class=\"mean\" d=\"{mean}\" fill=\"none\" stroke=\"#e76f51\" stroke-width=\"2\" stroke-dasharray=\"4 3\"/>");
+    }
+    let mut line = String::new();
+    let mut pen_down = false;
+    for (i, v) in steps.iter().enumerate() {
+        match v {
+            Some(v) => {
+                let _ = write!(line, "{}{:.1},{:.1} ", if pen_down { "L" } else { "M" }, x(i), y(*v));
+                pen_down = true;
+            }
+            None => pen_down = false,
+        }
+    }
+    let _ = write!(svg, "<path class=\"observed\" d=\"{line}\" fill=\"none\" stroke=\"#264653\" stroke-width=\"2\"/>");
+    let _ = write!(svg, "<text x=\"12\" y=\"16\" font-size=\"11\" fill=\"#666\">max {max:.3} req/s</text></svg>");
+    svg
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}

@@ -1,0 +1,125 @@
+//! Assembles a running sidecar from a validated [`Config`]: model, metrics, engine,
+//! scraper, HTTP server, and the order in which they start and stop.
+//!
+//! Owns start-up (fail fast: a bad model is an error before anything is served) and
+//! shutdown (cancel → stop scraping → drain the server). The listener is bound by the
+//! caller, so tests and the demo can use `127.0.0.1:0`.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::{Config, ModelSource};
+use crate::history::SeriesLimits;
+use crate::metrics::{Metrics, MetricsError};
+use crate::model::{Model, ModelError};
+use crate::pipeline::{self, Engine, EngineSettings, LoopSettings, Shared};
+use crate::scrape::{ScrapeError, Scraper};
+use crate::server::{self, ServerLimits};
+
+/// Errors that stop the sidecar from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The model could not be loaded or does not match its card.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The metrics could not be registered.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The scrape client could not be built.
+    #[error(transparent)]
+    Scrape(#[from] ScrapeError),
+}
+
+/// Loads the configured model.
+pub fn load_model(source: &ModelSource) -> Result<Model, ModelError> {
+    match source {
+        ModelSource::Embedded => Model::embedded(),
+        ModelSource::Files { model, card } => Model::from_files(model, card),
+    }
+}
+
+/// A sidecar ready to run: everything built, nothing started.
+pub struct Sidecar {
+    /// The core (history, calibration, model).
+    pub engine: Engine,
+    /// State shared with the HTTP server.
+    pub shared: Arc<Shared>,
+    scraper: Scraper,
+    loop_settings: LoopSettings,
+}
+
+impl Sidecar {
+    /// Builds the sidecar for `config` with an already loaded model.
+    pub fn new(config: &Config, model: Arc<Model>) -> Result<Self, StartError> {
+        let metrics = Metrics::new(&config.metric_prefix, &config.by)?;
+        let limits = SeriesLimits {
+            max_series: config.max_series,
+            max_children: (config.max_series * 1000).clamp(10_000, 1_000_000),
+            // A scrape gap longer than 4 intervals (or 2 minutes) is a hole, not a rate.
+            max_gap_seconds: (config.scrape_interval.as_secs_f64() * 4.0).max(120.0),
+        };
+        let engine = Engine::new(
+            model,
+            EngineSettings {
+                mc_passes: config.mc_passes,
+                seed: config.seed,
+                band: config.band,
+                limits,
+            },
+        );
+        let scraper = Scraper::new(config.target.clone(), config.scrape_timeout, config.max_body_bytes)?;
+        let shared = Arc::new(Shared::new(metrics, config.series_name.clone(), config.by.clone()));
+        Ok(Self {
+            engine,
+            shared,
+            scraper,
+            loop_settings: LoopSettings {
+                scrape_interval: config.scrape_interval,
+                forecast_interval: config.forecast_interval,
+                selector: config.selector.clone(),
+                by: config.by.clone(),
+            },
+        })
+    }
+
+    /// Serves on `listener` and runs the pipeline until `shutdown` is cancelled.
+    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
+        let server = tokio::spawn(server::serve(
+            listener,
+            Arc::clone(&self.shared),
+            ServerLimits::default(),
+            shutdown.clone(),
+        ));
+        let shared = Arc::clone(&self.shared);
+        let _engine = pipeline::run(self.engine, self.scraper, self.loop_settings, Arc::clone(&shared), shutdown).await;
+        shared.ready.store(false, std::sync::atomic::Ordering::Release);
+        info!("pipeline stopped, draining the server");
+        let _ = server.await;
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

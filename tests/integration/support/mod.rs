@@ -1,0 +1,99 @@
+//! Test support: a scripted fake app on loopback, an HTTP getter and a reader of `/metrics`
+//! text that reads it the way Prometheus does (with flowcast's own parser).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use flowcast::exposition::{self, Format};
+use http_body_util::Full;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// A fake application whose `/metrics` body is whatever the test last set.
+#[derive(Clone)]
+pub struct FakeApp {
+    pub addr: SocketAddr,
+    body: Arc<Mutex<String>>,
+}
+
+impl FakeApp {
+    pub async fn start(initial: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake app");
+        let addr = listener.local_addr().expect("addr");
+        let body = Arc::new(Mutex::new(initial.to_string()));
+        let served = Arc::clone(&body);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { break };
+                let served = Arc::clone(&served);
+                let service = hyper::service::service_fn(move |_req| {
+                    let text = served.lock().expect("lock").clone();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text)))) }
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        Self { addr, body }
+    }
+
+    pub fn set(&self, text: String) {
+        *self.body.lock().expect("lock") = text;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/metrics", self.addr)
+    }
+}
+
+/// GET over loopback with a timeout: (status, content type, body).
+pub async fn get(url: &str) -> (u16, String, String) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let r = client.get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (status, ct, r.text().await.expect("body"))
+}
+
+/// One sample of a scraped `/metrics` page.
+#[derive(Debug, Clone)]
+pub struct Scraped {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses `/metrics` text as Prometheus would read it (text format 0.0.4).
+pub fn read_metrics(text: &str) -> Vec<Scraped> {
+    let mut out = Vec::new();
+    exposition::parse(text.as_bytes(), Format::Text004, |s| {
+        out.push(Scraped {
+            name: s.name.to_string(),
+            labels: s.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            value: s.value,
+        })
+    })
+    .expect("flowcast's /metrics parses as text 0.0.4");
+    out
+}
+
+/// The value of `name` with exactly these labels.
+pub fn value(samples: &[Scraped], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}
