@@ -60,19 +60,34 @@ pub struct Series {
 /// (`_1min` / `_5min`), else the smallest difference between timestamps.
 pub fn read_series(path: &Path, step: Option<i64>) -> Result<Series, BacktestError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| BacktestError::Io { path: name.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| BacktestError::Io {
+        path: name.clone(),
+        source,
+    })?;
     let name_step = path.file_name().and_then(|f| f.to_str()).and_then(|f| {
-        ["_1min", "_5min"].iter().zip([60, 300]).find(|(tag, _)| f.contains(**tag)).map(|(_, s)| s)
+        ["_1min", "_5min"]
+            .iter()
+            .zip([60, 300])
+            .find(|(tag, _)| f.contains(**tag))
+            .map(|(_, s)| s)
     });
-    parse_series(&text, step.or(name_step)).map_err(|message| BacktestError::Data { path: name, message })
+    parse_series(&text, step.or(name_step)).map_err(|message| BacktestError::Data {
+        path: name,
+        message,
+    })
 }
 
 /// Parses CSV text (see [`read_series`]); the error names the line.
 pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, String> {
     let mut lines = text.lines().enumerate();
-    let header = lines.next().map(|(_, l)| l.trim_start_matches('\u{feff}').trim());
+    let header = lines
+        .next()
+        .map(|(_, l)| l.trim_start_matches('\u{feff}').trim());
     if header != Some("timestamp,value") {
-        return Err(format!("line 1: header must be exactly 'timestamp,value', got {:?}", header.unwrap_or("")));
+        return Err(format!(
+            "line 1: header must be exactly 'timestamp,value', got {:?}",
+            header.unwrap_or("")
+        ));
     }
     let mut rows: Vec<(i64, f64)> = Vec::new();
     for (i, line) in lines {
@@ -80,11 +95,21 @@ pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, String> {
         if line.trim().is_empty() {
             continue;
         }
-        let (ts, value) = line.split_once(',').ok_or_else(|| format!("line {n}: expected 'timestamp,value'"))?;
-        let ts: i64 = ts.trim().parse().map_err(|_| format!("line {n}: timestamp {:?} is not an integer", ts.trim()))?;
-        let value: f64 = value.trim().parse().map_err(|_| format!("line {n}: value {:?} is not a number", value.trim()))?;
+        let (ts, value) = line
+            .split_once(',')
+            .ok_or_else(|| format!("line {n}: expected 'timestamp,value'"))?;
+        let ts: i64 = ts
+            .trim()
+            .parse()
+            .map_err(|_| format!("line {n}: timestamp {:?} is not an integer", ts.trim()))?;
+        let value: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("line {n}: value {:?} is not a number", value.trim()))?;
         if !value.is_finite() || value < 0.0 {
-            return Err(format!("line {n}: value {value} must be a finite count >= 0"));
+            return Err(format!(
+                "line {n}: value {value} must be a finite count >= 0"
+            ));
         }
         if let Some(&(prev, _)) = rows.last() {
             if ts <= prev {
@@ -99,10 +124,16 @@ pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, String> {
     }
     let step = match step {
         Some(s) => s,
-        None => rows.windows(2).map(|w| w[1].0 - w[0].0).min().unwrap_or(STEP_SECONDS),
+        None => rows
+            .windows(2)
+            .map(|w| w[1].0 - w[0].0)
+            .min()
+            .unwrap_or(STEP_SECONDS),
     };
     if step <= 0 || STEP_SECONDS % step != 0 || step % MINUTE_SECONDS != 0 {
-        return Err(format!("step {step} s must be a whole number of minutes that divides 300 s"));
+        return Err(format!(
+            "step {step} s must be a whole number of minutes that divides 300 s"
+        ));
     }
     Ok(Series { rows, step })
 }
@@ -154,7 +185,9 @@ pub fn run(series: &Series, model: Arc<Model>, settings: Settings) -> Result<Vec
         return Ok(Vec::new());
     };
     let first_origin = (first + series.step).div_euclid(STEP_SECONDS) * STEP_SECONDS + STEP_SECONDS;
-    let origins: Vec<i64> = (first_origin..=last + STEP_SECONDS).step_by(STEP_SECONDS as usize).collect();
+    let origins: Vec<i64> = (first_origin..=last + STEP_SECONDS)
+        .step_by(STEP_SECONDS as usize)
+        .collect();
     let mut next_row = 0;
     let mut rows = Vec::with_capacity(origins.len() * HORIZON_STEPS);
     for chunk in origins.chunks(ORIGINS_PER_RUN) {
@@ -165,14 +198,21 @@ pub fn run(series: &Series, model: Arc<Model>, settings: Settings) -> Result<Vec
                 if ts + series.step > origin {
                     break;
                 }
-                engine.record_rate(&key, ts.div_euclid(MINUTE_SECONDS), value / series.step as f64);
+                engine.record_rate(
+                    &key,
+                    ts.div_euclid(MINUTE_SECONDS),
+                    value / series.step as f64,
+                );
                 next_row += 1;
             }
             prepared.push(engine.prepare(origin));
         }
         let (inputs, seeds): (Vec<_>, Vec<_>) = prepared.iter().map(Prepared::inputs).unzip();
         let counts: Vec<usize> = inputs.iter().map(Vec::len).collect();
-        let outputs = engine.model().predict(&inputs.concat(), &seeds.concat(), settings.mc_passes)?;
+        let outputs =
+            engine
+                .model()
+                .predict(&inputs.concat(), &seeds.concat(), settings.mc_passes)?;
         let mut at = 0;
         for (p, n) in prepared.into_iter().zip(counts) {
             let report = engine.finish(p, &outputs[at..at + n]);
@@ -190,7 +230,13 @@ fn push_rows(report: &TickReport, rows: &mut Vec<Row>) {
             let i = f.horizons[h];
             (i.mean, i.lower, i.upper)
         });
-        rows.push(Row { origin: report.origin, horizon: *horizon, mean, lower, upper });
+        rows.push(Row {
+            origin: report.origin,
+            horizon: *horizon,
+            mean,
+            lower,
+            upper,
+        });
     }
 }
 
@@ -200,12 +246,19 @@ pub fn write_rows(path: &Path, rows: &[Row]) -> Result<(), BacktestError> {
     out.push_str("origin,horizon_seconds,mean,lower,upper\n");
     for r in rows {
         if r.mean.is_finite() {
-            let _ = writeln!(out, "{},{},{:.6},{:.6},{:.6}", r.origin, r.horizon, r.mean, r.lower, r.upper);
+            let _ = writeln!(
+                out,
+                "{},{},{:.6},{:.6},{:.6}",
+                r.origin, r.horizon, r.mean, r.lower, r.upper
+            );
         } else {
             let _ = writeln!(out, "{},{},nan,nan,nan", r.origin, r.horizon);
         }
     }
-    let io = |source| BacktestError::Io { path: path.display().to_string(), source };
+    let io = |source| BacktestError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let mut f = std::fs::File::create(path).map_err(io)?;
     f.write_all(out.as_bytes()).map_err(io)
 }
@@ -216,11 +269,16 @@ pub fn targets(series: &Series) -> std::collections::BTreeMap<i64, f64> {
     let expected = STEP_SECONDS / series.step;
     let mut acc: std::collections::BTreeMap<i64, (f64, i64)> = std::collections::BTreeMap::new();
     for &(ts, value) in &series.rows {
-        let e = acc.entry(ts.div_euclid(STEP_SECONDS) * STEP_SECONDS).or_insert((f64::MIN, 0));
+        let e = acc
+            .entry(ts.div_euclid(STEP_SECONDS) * STEP_SECONDS)
+            .or_insert((f64::MIN, 0));
         e.0 = e.0.max(value / series.step as f64);
         e.1 += 1;
     }
-    acc.into_iter().filter(|(_, (_, n))| 2 * n >= expected).map(|(w, (v, _))| (w, v)).collect()
+    acc.into_iter()
+        .filter(|(_, (_, n))| 2 * n >= expected)
+        .map(|(w, (v, _))| (w, v))
+        .collect()
 }
 
 /// The scorer's metrics over the scorable targets after the warm-up (all horizons pooled).
@@ -246,9 +304,11 @@ pub struct Scores {
 pub fn score(series: &Series, rows: &[Row], warmup_seconds: i64) -> Scores {
     let targets = targets(series);
     let first = series.rows.first().map_or(0, |r| r.0);
-    let by_key: std::collections::HashMap<(i64, i64), &Row> = rows.iter().map(|r| ((r.origin, r.horizon), r)).collect();
+    let by_key: std::collections::HashMap<(i64, i64), &Row> =
+        rows.iter().map(|r| ((r.origin, r.horizon), r)).collect();
     let mut s = Scores::default();
-    let (mut inside, mut under, mut err, mut width, mut wink, mut ysum, mut present) = (0usize, 0usize, 0.0, 0.0, 0.0, 0.0, 0usize);
+    let (mut inside, mut under, mut err, mut width, mut wink, mut ysum, mut present) =
+        (0usize, 0usize, 0.0, 0.0, 0.0, 0.0, 0usize);
     for (&w, &y) in &targets {
         for h in HORIZON_SECONDS {
             let origin = w - h + STEP_SECONDS;
@@ -257,7 +317,10 @@ pub fn score(series: &Series, rows: &[Row], warmup_seconds: i64) -> Scores {
             }
             s.n += 1;
             ysum += y;
-            match by_key.get(&(origin, h)).filter(|r| r.mean.is_finite() && r.lower.is_finite() && r.upper.is_finite()) {
+            match by_key
+                .get(&(origin, h))
+                .filter(|r| r.mean.is_finite() && r.lower.is_finite() && r.upper.is_finite())
+            {
                 None => s.missing += 1,
                 Some(r) => {
                     present += 1;
@@ -266,7 +329,9 @@ pub fn score(series: &Series, rows: &[Row], warmup_seconds: i64) -> Scores {
                     under += usize::from(y <= r.upper + tol);
                     err += (r.mean - y).abs();
                     width += r.upper - r.lower;
-                    wink += (r.upper - r.lower) + 40.0 * (r.lower - y).max(0.0) + 40.0 * (y - r.upper).max(0.0);
+                    wink += (r.upper - r.lower)
+                        + 40.0 * (r.lower - y).max(0.0)
+                        + 40.0 * (y - r.upper).max(0.0);
                 }
             }
         }
@@ -289,26 +354,51 @@ pub fn plot(series: &Series, rows: &[Row], days: i64) -> String {
     let targets = targets(series);
     let end = targets.keys().next_back().copied().unwrap_or(0);
     let start = end - days * 86_400;
-    let band: Vec<&Row> = rows.iter().filter(|r| r.horizon == 300 && r.origin >= start && r.mean.is_finite()).collect();
+    let band: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.horizon == 300 && r.origin >= start && r.mean.is_finite())
+        .collect();
     let obs: Vec<(i64, f64)> = targets.range(start..).map(|(k, v)| (*k, *v)).collect();
-    let max = obs.iter().map(|o| o.1).chain(band.iter().map(|r| r.upper)).fold(1e-9, f64::max);
+    let max = obs
+        .iter()
+        .map(|o| o.1)
+        .chain(band.iter().map(|r| r.upper))
+        .fold(1e-9, f64::max);
     let (w, h) = (1200.0, 360.0);
     let x = |t: i64| 40.0 + (w - 50.0) * (t - start) as f64 / (end - start).max(1) as f64;
     let y = |v: f64| h - 20.0 - (h - 40.0) * v / max;
     let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\"><rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
     let mut d = String::new();
     for (i, r) in band.iter().enumerate() {
-        let _ = write!(d, "{}{:.1},{:.1} ", if i == 0 { "M" } else { "L" }, x(r.origin), y(r.upper));
+        let _ = write!(
+            d,
+            "{}{:.1},{:.1} ",
+            if i == 0 { "M" } else { "L" },
+            x(r.origin),
+            y(r.upper)
+        );
     }
     for r in band.iter().rev() {
         let _ = write!(d, "L{:.1},{:.1} ", x(r.origin), y(r.lower));
     }
-    let _ = write!(svg, "<path d=\"{d}Z\" fill=\"#f4a261\" fill-opacity=\"0.4\"/>");
+    let _ = write!(
+        svg,
+        "<path d=\"{d}Z\" fill=\"#f4a261\" fill-opacity=\"0.4\"/>"
+    );
     let mut o = String::new();
     for (i, (t, v)) in obs.iter().enumerate() {
-        let _ = write!(o, "{}{:.1},{:.1} ", if i == 0 { "M" } else { "L" }, x(*t), y(*v));
+        let _ = write!(
+            o,
+            "{}{:.1},{:.1} ",
+            if i == 0 { "M" } else { "L" },
+            x(*t),
+            y(*v)
+        );
     }
-    let _ = write!(svg, "<path d=\"{o}\" fill=\"none\" stroke=\"#264653\" stroke-width=\"1\"/>");
+    let _ = write!(
+        svg,
+        "<path d=\"{o}\" fill=\"none\" stroke=\"#264653\" stroke-width=\"1\"/>"
+    );
     let _ = write!(svg, "<text x=\"45\" y=\"15\" font-size=\"12\">observed (line) and 95% band 5 min ahead (shaded); max {max:.3} req/s</text></svg>");
     svg
 }
@@ -337,10 +427,16 @@ mod tests {
 
     #[test]
     fn targets_follow_the_scorer() {
-        let s = Series { rows: vec![(0, 60.0), (60, 120.0), (300, 30.0)], step: 60 };
+        let s = Series {
+            rows: vec![(0, 60.0), (60, 120.0), (300, 30.0)],
+            step: 60,
+        };
         let t = targets(&s);
         assert_eq!(t.get(&0), None, "2 of 5 minutes is fewer than half");
-        let s = Series { rows: (0..3).map(|i| (i * 60, 60.0 * (i + 1) as f64)).collect(), step: 60 };
+        let s = Series {
+            rows: (0..3).map(|i| (i * 60, 60.0 * (i + 1) as f64)).collect(),
+            step: 60,
+        };
         assert_eq!(targets(&s).get(&0), Some(&3.0));
     }
 }

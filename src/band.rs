@@ -51,7 +51,9 @@ impl std::str::FromStr for BandMode {
             "un2" => Ok(Self::Un2),
             "un3" => Ok(Self::Un3),
             "calibrated" => Ok(Self::Calibrated),
-            other => Err(format!("unknown band mode {other:?} (expected un2, un3 or calibrated)")),
+            other => Err(format!(
+                "unknown band mode {other:?} (expected un2, un3 or calibrated)"
+            )),
         }
     }
 }
@@ -129,11 +131,22 @@ impl Calibrator {
         let mut u3_sum = [[0.0; 24]; HORIZON_STEPS];
         for (h, row) in u3_sum.iter_mut().enumerate() {
             for (hour, v) in row.iter_mut().enumerate() {
-                *v = PRIOR_WEIGHT * prior.u3_sq_by_hour.get(h).and_then(|r| r.get(hour)).copied().unwrap_or(0.0);
+                *v = PRIOR_WEIGHT
+                    * prior
+                        .u3_sq_by_hour
+                        .get(h)
+                        .and_then(|r| r.get(hour))
+                        .copied()
+                        .unwrap_or(0.0);
             }
         }
         let pick = |v: &[f64]| -> [f64; HORIZON_STEPS] {
-            std::array::from_fn(|h| v.get(h).copied().unwrap_or(1.96).clamp(K_RANGE.0, K_RANGE.1))
+            std::array::from_fn(|h| {
+                v.get(h)
+                    .copied()
+                    .unwrap_or(1.96)
+                    .clamp(K_RANGE.0, K_RANGE.1)
+            })
         };
         Self {
             mode,
@@ -189,7 +202,11 @@ impl Calibrator {
                 lower,
                 upper,
                 stddev: per_z * sigma * k_mid,
-                components: [out.u1_sq[h].sqrt() * per_z, out.u2_sq[h].sqrt() * per_z, u3_sq.sqrt() * per_z],
+                components: [
+                    out.u1_sq[h].sqrt() * per_z,
+                    out.u2_sq[h].sqrt() * per_z,
+                    u3_sq.sqrt() * per_z,
+                ],
             }
         });
         let slot = (origin.div_euclid(60)).rem_euclid(PENDING as i64) as usize;
@@ -216,7 +233,11 @@ impl Calibrator {
             let (lower, upper) = p.bounds[h];
             let inside = lower * (1.0 - 1e-9) <= observed && observed <= upper * (1.0 + 1e-9);
             let error = features::to_z(observed, p.scale) - p.mean_z[h];
-            let r = if p.sigma_z[h] > 0.0 { error / p.sigma_z[h] } else { 0.0 };
+            let r = if p.sigma_z[h] > 0.0 {
+                error / p.sigma_z[h]
+            } else {
+                0.0
+            };
             if h == 0 {
                 judgement = Some(Judgement {
                     anomaly_score: r,
@@ -237,8 +258,10 @@ impl Calibrator {
             let target = ALPHA / 2.0;
             let miss_hi = if r > self.k_upper[h] { 1.0 } else { 0.0 };
             let miss_lo = if -r > self.k_lower[h] { 1.0 } else { 0.0 };
-            self.k_upper[h] = (self.k_upper[h] + K_STEP * (miss_hi - target)).clamp(K_RANGE.0, K_RANGE.1);
-            self.k_lower[h] = (self.k_lower[h] + K_STEP * (miss_lo - target)).clamp(K_RANGE.0, K_RANGE.1);
+            self.k_upper[h] =
+                (self.k_upper[h] + K_STEP * (miss_hi - target)).clamp(K_RANGE.0, K_RANGE.1);
+            self.k_lower[h] =
+                (self.k_lower[h] + K_STEP * (miss_lo - target)).clamp(K_RANGE.0, K_RANGE.1);
         }
         judgement
     }
@@ -249,9 +272,21 @@ impl Calibrator {
         let hit = if inside { 1.0 } else { 0.0 };
         r.coverage = Some(r.coverage.map_or(hit, |c| (1.0 - w) * c + w * hit));
         let first = r.error_ratio.is_none();
-        r.abs_error = if first { abs_error } else { (1.0 - w) * r.abs_error + w * abs_error };
-        r.observed = if first { observed } else { (1.0 - w) * r.observed + w * observed };
-        r.error_ratio = Some(if r.observed > 0.0 { r.abs_error / r.observed } else { 0.0 });
+        r.abs_error = if first {
+            abs_error
+        } else {
+            (1.0 - w) * r.abs_error + w * abs_error
+        };
+        r.observed = if first {
+            observed
+        } else {
+            (1.0 - w) * r.observed + w * observed
+        };
+        r.error_ratio = Some(if r.observed > 0.0 {
+            r.abs_error / r.observed
+        } else {
+            0.0
+        });
     }
 
     /// Rolling coverage and error per horizon.
@@ -292,7 +327,10 @@ mod tests {
         let fa = a.forecast(0, 2.0, &outputs(0.1, 4.0));
         let fb = b.forecast(0, 2000.0, &outputs(0.1, 4.0));
         for (x, y) in fa.horizons.iter().zip(&fb.horizons) {
-            assert!(0.0 <= x.lower && x.lower <= x.mean && x.mean <= x.upper, "{x:?}");
+            assert!(
+                0.0 <= x.lower && x.lower <= x.mean && x.mean <= x.upper,
+                "{x:?}"
+            );
             assert_eq!(x.lower, 0.0, "a wide band is clipped at zero, not negative");
             assert!((y.upper / x.upper - 1000.0).abs() < 1e-6);
             assert!((y.mean / x.mean - 1000.0).abs() < 1e-6);
@@ -318,7 +356,9 @@ mod tests {
             let origin = 86_400 + i * STEP_SECONDS;
             let f = cal.forecast(origin, 1.0, &outputs(1.0, 0.01));
             // A deterministic pseudo-normal error.
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let u = ((state >> 11) as f64 / (1u64 << 53) as f64).clamp(1e-9, 1.0 - 1e-9);
             let z = 1.0 + spread * (2.0f64.sqrt() * inverse_erf(2.0 * u - 1.0));
             let observed = features::from_z(z, 1.0);
@@ -347,7 +387,10 @@ mod tests {
         let raw_cov = run(&mut raw, 4000, 0.5);
         let cal_cov = run(&mut cal, 4000, 0.5);
         assert!(raw_cov < 0.6, "the raw band is far too narrow: {raw_cov}");
-        assert!((0.92..=0.98).contains(&cal_cov), "calibrated coverage {cal_cov}");
+        assert!(
+            (0.92..=0.98).contains(&cal_cov),
+            "calibrated coverage {cal_cov}"
+        );
     }
 
     #[test]
@@ -370,9 +413,19 @@ mod tests {
                 }
             }
         }
-        assert!(cal.u3_sq(0, 23 * 3600) > 1.0, "late-evening errors raised u3");
-        assert!(cal.u3_sq(0, 86_400 * 40 + 23 * 3600 + 300) > 1.0, "same hour on another day");
-        assert!(cal.u3_sq(0, 3600) < 0.01, "calm hour stays calm: {}", cal.u3_sq(0, 3600));
+        assert!(
+            cal.u3_sq(0, 23 * 3600) > 1.0,
+            "late-evening errors raised u3"
+        );
+        assert!(
+            cal.u3_sq(0, 86_400 * 40 + 23 * 3600 + 300) > 1.0,
+            "same hour on another day"
+        );
+        assert!(
+            cal.u3_sq(0, 3600) < 0.01,
+            "calm hour stays calm: {}",
+            cal.u3_sq(0, 3600)
+        );
         assert!(cal.u3_sq(0, 0) > 0.009, "untouched hour keeps its prior");
     }
 

@@ -194,24 +194,44 @@ impl FileConfig {
 
     /// Validates every key and applies the defaults.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let target_text = self.target.ok_or_else(|| invalid("target", "is required (the URL of the metrics endpoint)"))?;
-        let target = Url::parse(&target_text).map_err(|e| invalid("target", format!("{target_text:?} is not a URL: {e}")))?;
+        let target_text = self
+            .target
+            .ok_or_else(|| invalid("target", "is required (the URL of the metrics endpoint)"))?;
+        let target = Url::parse(&target_text)
+            .map_err(|e| invalid("target", format!("{target_text:?} is not a URL: {e}")))?;
         if !matches!(target.scheme(), "http" | "https") || target.host_str().is_none() {
-            return Err(invalid("target", format!("{target_text:?} must be an http or https URL with a host")));
+            return Err(invalid(
+                "target",
+                format!("{target_text:?} must be an http or https URL with a host"),
+            ));
         }
-        let selector_text = self.selector.ok_or_else(|| invalid("selector", "is required, e.g. http_requests_total{job=\"api\"}"))?;
+        let selector_text = self.selector.ok_or_else(|| {
+            invalid(
+                "selector",
+                "is required, e.g. http_requests_total{job=\"api\"}",
+            )
+        })?;
         let selector: Selector = selector_text
             .parse()
             .map_err(|e| invalid("selector", format!("{selector_text:?}: {e}")))?;
         let by = self.by.unwrap_or_default();
         for (i, label) in by.iter().enumerate() {
-            let valid = label.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            let valid = label
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid || label.starts_with("__") {
-                return Err(invalid("by", format!("{label:?} is not a valid label name")));
+                return Err(invalid(
+                    "by",
+                    format!("{label:?} is not a valid label name"),
+                ));
             }
             if RESERVED_LABELS.contains(&label.as_str()) {
-                return Err(invalid("by", format!("{label:?} is used by flowcast's own metrics")));
+                return Err(invalid(
+                    "by",
+                    format!("{label:?} is used by flowcast's own metrics"),
+                ));
             }
             if by[..i].contains(label) {
                 return Err(invalid("by", format!("{label:?} is listed twice")));
@@ -221,19 +241,39 @@ impl FileConfig {
         if series_name.is_empty() || series_name.len() > 128 {
             return Err(invalid("series_name", "must be 1 to 128 characters"));
         }
-        let scrape_interval = duration("scrape_interval", self.scrape_interval.as_deref(), Duration::from_secs(15))?;
+        let scrape_interval = duration(
+            "scrape_interval",
+            self.scrape_interval.as_deref(),
+            Duration::from_secs(15),
+        )?;
         if scrape_interval < Duration::from_secs(1) || scrape_interval > Duration::from_secs(60) {
-            return Err(invalid("scrape_interval", "must be between 1s and 60s (rates are kept per minute)"));
+            return Err(invalid(
+                "scrape_interval",
+                "must be between 1s and 60s (rates are kept per minute)",
+            ));
         }
-        let scrape_timeout = duration("scrape_timeout", self.scrape_timeout.as_deref(), scrape_interval.mul_f64(0.8))?;
+        let scrape_timeout = duration(
+            "scrape_timeout",
+            self.scrape_timeout.as_deref(),
+            scrape_interval.mul_f64(0.8),
+        )?;
         if scrape_timeout >= scrape_interval || scrape_timeout.is_zero() {
             return Err(invalid(
                 "scrape_timeout",
-                format!("must be above 0 and shorter than scrape_interval ({})", humantime::format_duration(scrape_interval)),
+                format!(
+                    "must be above 0 and shorter than scrape_interval ({})",
+                    humantime::format_duration(scrape_interval)
+                ),
             ));
         }
-        let forecast_interval = duration("forecast_interval", self.forecast_interval.as_deref(), Duration::from_secs(60))?;
-        if forecast_interval < Duration::from_secs(1) || forecast_interval > Duration::from_secs(300) {
+        let forecast_interval = duration(
+            "forecast_interval",
+            self.forecast_interval.as_deref(),
+            Duration::from_secs(60),
+        )?;
+        if forecast_interval < Duration::from_secs(1)
+            || forecast_interval > Duration::from_secs(300)
+        {
             return Err(invalid("forecast_interval", "must be between 1s and 5m"));
         }
         let mc_passes = self.mc_passes.unwrap_or(100);
@@ -249,20 +289,35 @@ impl FileConfig {
             return Err(invalid("max_body_bytes", "must be between 1 KiB and 1 GiB"));
         }
         let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:9464".to_string());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|e| invalid("listen", format!("{listen_text:?} is not an address like 127.0.0.1:9464: {e}")))?;
+        let listen: SocketAddr = listen_text.parse().map_err(|e| {
+            invalid(
+                "listen",
+                format!("{listen_text:?} is not an address like 127.0.0.1:9464: {e}"),
+            )
+        })?;
         let model = match (self.model, self.model_card) {
             (None, None) => ModelSource::Embedded,
             (Some(model), Some(card)) => ModelSource::Files { model, card },
-            (Some(_), None) => return Err(invalid("model_card", "is required when `model` is set")),
-            (None, Some(_)) => return Err(invalid("model", "is required when `model_card` is set")),
+            (Some(_), None) => {
+                return Err(invalid("model_card", "is required when `model` is set"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("model", "is required when `model_card` is set"))
+            }
         };
         let metric_prefix = self.metric_prefix.unwrap_or_else(|| "flowcast".to_string());
-        let prefix_ok = metric_prefix.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && metric_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let prefix_ok = metric_prefix
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && metric_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !prefix_ok {
-            return Err(invalid("metric_prefix", format!("{metric_prefix:?} is not a valid metric name prefix")));
+            return Err(invalid(
+                "metric_prefix",
+                format!("{metric_prefix:?} is not a valid metric name prefix"),
+            ));
         }
         let band = match self.band {
             None => BandMode::default(),
@@ -289,11 +344,19 @@ impl FileConfig {
     }
 }
 
-fn duration(key: &'static str, text: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    key: &'static str,
+    text: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match text {
         None => Ok(default),
-        Some(t) => humantime::parse_duration(t.trim())
-            .map_err(|e| invalid(key, format!("{t:?} is not a duration like 15s or 1m30s: {e}"))),
+        Some(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+            invalid(
+                key,
+                format!("{t:?} is not a duration like 15s or 1m30s: {e}"),
+            )
+        }),
     }
 }
 
@@ -316,18 +379,26 @@ mod tests {
         assert_eq!(c.scrape_timeout, Duration::from_secs(12));
         assert_eq!(c.forecast_interval, Duration::from_secs(60));
         assert_eq!((c.mc_passes, c.max_series), (100, 100));
-        assert_eq!(c.listen, "127.0.0.1:9464".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(
+            c.listen,
+            "127.0.0.1:9464".parse::<SocketAddr>().expect("addr")
+        );
         assert_eq!(c.model, ModelSource::Embedded);
     }
 
     #[test]
     fn later_layers_win() {
-        let file = parse_file("scrape_interval: 30s\nmc_passes: 10\nby: [route]\n").expect("parses");
+        let file =
+            parse_file("scrape_interval: 30s\nmc_passes: 10\nby: [route]\n").expect("parses");
         let flags = FileConfig {
             mc_passes: Some(20),
             ..FileConfig::default()
         };
-        let c = base().overlay(file).overlay(flags).validate().expect("valid");
+        let c = base()
+            .overlay(file)
+            .overlay(flags)
+            .validate()
+            .expect("valid");
         assert_eq!(c.scrape_interval, Duration::from_secs(30));
         assert_eq!(c.mc_passes, 20);
         assert_eq!(c.by, vec!["route".to_string()]);
@@ -336,28 +407,101 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases: Vec<(FileConfig, &str)> = vec![
-            (FileConfig { scrape_timeout: Some("20s".into()), ..base() }, "scrape_timeout"),
-            (FileConfig { scrape_interval: Some("soon".into()), ..base() }, "scrape_interval"),
-            (FileConfig { target: Some("not a url".into()), ..base() }, "target"),
-            (FileConfig { target: Some("ftp://x/metrics".into()), ..base() }, "target"),
-            (FileConfig { selector: Some("http_requests_total{code=~\"(\"}".into()), ..base() }, "selector"),
-            (FileConfig { by: Some(vec!["horizon".into()]), ..base() }, "by"),
-            (FileConfig { mc_passes: Some(0), ..base() }, "mc_passes"),
-            (FileConfig { listen: Some("everywhere".into()), ..base() }, "listen"),
-            (FileConfig { model: Some("m.onnx".into()), ..base() }, "model_card"),
-            (FileConfig { band: Some("wide".into()), ..base() }, "band"),
-            (FileConfig { target: None, ..base() }, "target"),
+            (
+                FileConfig {
+                    scrape_timeout: Some("20s".into()),
+                    ..base()
+                },
+                "scrape_timeout",
+            ),
+            (
+                FileConfig {
+                    scrape_interval: Some("soon".into()),
+                    ..base()
+                },
+                "scrape_interval",
+            ),
+            (
+                FileConfig {
+                    target: Some("not a url".into()),
+                    ..base()
+                },
+                "target",
+            ),
+            (
+                FileConfig {
+                    target: Some("ftp://x/metrics".into()),
+                    ..base()
+                },
+                "target",
+            ),
+            (
+                FileConfig {
+                    selector: Some("http_requests_total{code=~\"(\"}".into()),
+                    ..base()
+                },
+                "selector",
+            ),
+            (
+                FileConfig {
+                    by: Some(vec!["horizon".into()]),
+                    ..base()
+                },
+                "by",
+            ),
+            (
+                FileConfig {
+                    mc_passes: Some(0),
+                    ..base()
+                },
+                "mc_passes",
+            ),
+            (
+                FileConfig {
+                    listen: Some("everywhere".into()),
+                    ..base()
+                },
+                "listen",
+            ),
+            (
+                FileConfig {
+                    model: Some("m.onnx".into()),
+                    ..base()
+                },
+                "model_card",
+            ),
+            (
+                FileConfig {
+                    band: Some("wide".into()),
+                    ..base()
+                },
+                "band",
+            ),
+            (
+                FileConfig {
+                    target: None,
+                    ..base()
+                },
+                "target",
+            ),
         ];
         for (cfg, key) in cases {
             let err = cfg.validate().expect_err(key);
-            assert!(err.to_string().contains(&format!("`{key}`")), "{key}: {err}");
+            assert!(
+                err.to_string().contains(&format!("`{key}`")),
+                "{key}: {err}"
+            );
         }
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_are_refused_with_the_line() {
-        let err = parse_file("target: http://x/\nscrape_intervall: 15s\n").expect_err("unknown key");
-        assert!(err.contains("scrape_intervall") && err.contains("line 2"), "{err}");
+        let err =
+            parse_file("target: http://x/\nscrape_intervall: 15s\n").expect_err("unknown key");
+        assert!(
+            err.contains("scrape_intervall") && err.contains("line 2"),
+            "{err}"
+        );
         let err = parse_file("mc_passes: many\n").expect_err("wrong type");
         assert!(err.contains("mc_passes"), "{err}");
     }

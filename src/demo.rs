@@ -39,7 +39,11 @@ pub fn rate(route: usize, minute: i64) -> f64 {
     let daily = 1.0 + 0.6 * (std::f64::consts::TAU * (tod - 0.3)).sin();
     let noise = 1.0 + 0.3 * (unit(minute as u64 ^ ((route as u64) << 40)) - 0.5);
     let period = minute.div_euclid(47);
-    let burst = if unit(period as u64 ^ 0xB0B5) < 0.35 && minute.rem_euclid(47) < 5 { 2.5 } else { 1.0 };
+    let burst = if unit(period as u64 ^ 0xB0B5) < 0.35 && minute.rem_euclid(47) < 5 {
+        2.5
+    } else {
+        1.0
+    };
     base * daily * noise * burst
 }
 
@@ -66,8 +70,15 @@ pub fn exposition(from: i64, t: f64) -> String {
     for (i, (route, _)) in ROUTES.iter().enumerate() {
         let total = counter(i, from, t);
         let errors = (total * ERROR_SHARE).floor();
-        let _ = writeln!(out, "demo_http_requests_total{{route=\"{route}\",code=\"200\"}} {}", (total - errors).floor());
-        let _ = writeln!(out, "demo_http_requests_total{{route=\"{route}\",code=\"500\"}} {errors}");
+        let _ = writeln!(
+            out,
+            "demo_http_requests_total{{route=\"{route}\",code=\"200\"}} {}",
+            (total - errors).floor()
+        );
+        let _ = writeln!(
+            out,
+            "demo_http_requests_total{{route=\"{route}\",code=\"500\"}} {errors}"
+        );
     }
     out.push_str("# HELP demo_up Whether the demo app is up.\n# TYPE demo_up gauge\ndemo_up 1\n");
     out
@@ -85,11 +96,16 @@ pub async fn serve_app(listener: TcpListener, from: i64, shutdown: CancellationT
         };
         let service = hyper::service::service_fn(move |_req| async move {
             let mut r = Response::new(Full::new(Bytes::from(exposition(from, now_unix()))));
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
             Ok::<_, Infallible>(r)
         });
-        tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service),
+        );
     }
 }
 
@@ -124,9 +140,9 @@ pub fn seed_history(sidecar: &mut Sidecar, now: f64) {
 pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
     let app_listener = TcpListener::bind("127.0.0.1:0").await?;
     let app_addr = app_listener.local_addr()?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (choose another with --listen)"))?;
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {listen}: {e} (choose another with --listen)")
+    })?;
     let listen = listener.local_addr()?;
     let config = config(app_addr, listen)?;
     let now = now_unix();
@@ -158,7 +174,10 @@ mod tests {
         let min = rates.iter().copied().fold(f64::MAX, f64::min);
         assert!(min > 0.0 && max / min > 3.0, "{min} .. {max}");
         assert_ne!(rate(0, 10), rate(0, 11));
-        assert!((0..1440).any(|m| rate(0, m) > 2.0 * rate(0, m - 6).max(rate(0, m + 6))), "bursts");
+        assert!(
+            (0..1440).any(|m| rate(0, m) > 2.0 * rate(0, m - 6).max(rate(0, m + 6))),
+            "bursts"
+        );
     }
 
     #[test]
@@ -166,6 +185,7 @@ mod tests {
         let a = counter(1, 0, 600.0);
         let b = counter(1, 0, 660.0);
         assert!(((b - a) / 60.0 - rate(1, 10)).abs() < 1e-9);
-        assert!(exposition(0, 600.0).contains("demo_http_requests_total{route=\"/api/orders\",code=\"200\"}"));
+        assert!(exposition(0, 600.0)
+            .contains("demo_http_requests_total{route=\"/api/orders\",code=\"200\"}"));
     }
 }

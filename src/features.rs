@@ -48,17 +48,31 @@ pub enum NotReady {
 
 /// Builds the model input for the window of `steps` (oldest first, `None` = hole) that
 /// ends at `origin` (unix seconds).
-pub fn model_input(steps: &[Option<f64>; WINDOW_STEPS], origin: i64) -> Result<ModelInput, NotReady> {
+pub fn model_input(
+    steps: &[Option<f64>; WINDOW_STEPS],
+    origin: i64,
+) -> Result<ModelInput, NotReady> {
     let present: Vec<f64> = steps.iter().flatten().copied().collect();
     if present.len() < MIN_PRESENT_STEPS {
         return Err(NotReady::TooFewSteps);
     }
-    if steps[WINDOW_STEPS - RECENT_STEPS..].iter().all(Option::is_none) {
+    if steps[WINDOW_STEPS - RECENT_STEPS..]
+        .iter()
+        .all(Option::is_none)
+    {
         return Err(NotReady::Stale);
     }
     let mean = present.iter().sum::<f64>() / present.len() as f64;
-    let scale = if mean > 0.0 { mean } else { ZERO_SCALE_FALLBACK };
-    let first_z = steps.iter().flatten().next().map_or(0.0, |&v| to_z(v, scale));
+    let scale = if mean > 0.0 {
+        mean
+    } else {
+        ZERO_SCALE_FALLBACK
+    };
+    let first_z = steps
+        .iter()
+        .flatten()
+        .next()
+        .map_or(0.0, |&v| to_z(v, scale));
     let mut x = [[0.0f32; ENCODER_FEATURES]; WINDOW_STEPS];
     let mut last_z = first_z;
     for (k, (row, step)) in x.iter_mut().zip(steps).enumerate() {
@@ -141,10 +155,17 @@ mod tests {
     fn normalisation_is_scale_free() {
         let mut a = full(0.0);
         for (k, v) in a.iter_mut().enumerate() {
-            *v = if k % 7 == 3 { None } else { Some(1.0 + k as f64) };
+            *v = if k % 7 == 3 {
+                None
+            } else {
+                Some(1.0 + k as f64)
+            };
         }
         let b = a.map(|v| v.map(|v| v * 1000.0));
-        let (ia, ib) = (model_input(&a, 3600).expect("ready"), model_input(&b, 3600).expect("ready"));
+        let (ia, ib) = (
+            model_input(&a, 3600).expect("ready"),
+            model_input(&b, 3600).expect("ready"),
+        );
         assert!((ib.scale / ia.scale - 1000.0).abs() < 1e-9);
         assert_eq!(ia.x, ib.x);
         assert!((from_z(0.7, ib.scale) / from_z(0.7, ia.scale) - 1000.0).abs() < 1e-6);
@@ -158,7 +179,10 @@ mod tests {
         s[9] = Some(6.0);
         let i = model_input(&s, 0).expect("ready");
         assert_eq!(i.x[0][1], 0.0);
-        assert_eq!(i.x[0][0], i.x[1][0], "a leading hole takes the first present z");
+        assert_eq!(
+            i.x[0][0], i.x[1][0],
+            "a leading hole takes the first present z"
+        );
         assert_eq!(i.x[10][0], i.x[9][0]);
         assert_eq!(i.x[10][1], 0.0);
         assert_eq!(i.x[11][1], 1.0);
@@ -182,5 +206,75 @@ mod tests {
         assert!((f[0] - 1.0).abs() < 1e-6 && f[1].abs() < 1e-6);
         assert_eq!(hour_of_day(monday + 3600 * 23 + 59), 23);
         assert_eq!(hour_of_day(-1), 23, "before the epoch still wraps");
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Golden {
+        feature_cases: Vec<Case>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Case {
+        series: String,
+        origin: i64,
+        steps: Vec<Option<f64>>,
+        ready: bool,
+        scale: f64,
+        x: Vec<Vec<f64>>,
+        xf: Vec<Vec<f64>>,
+    }
+
+    /// The training script's features of real windows (holes, all zeros, NAB's offset grid,
+    /// 1-minute data) equal ours: the two sides of the contract agree.
+    #[test]
+    fn features_match_the_training_script() {
+        let golden: Golden =
+            serde_json::from_str(include_str!("../models/golden.json")).expect("golden parses");
+        assert!(golden.feature_cases.len() >= 4);
+        for case in &golden.feature_cases {
+            let steps: [Option<f64>; WINDOW_STEPS] =
+                case.steps.clone().try_into().expect("36 steps");
+            let Ok(input) = model_input(&steps, case.origin) else {
+                assert!(
+                    !case.ready,
+                    "{}: the script found this window ready",
+                    case.series
+                );
+                continue;
+            };
+            assert!(
+                case.ready,
+                "{}: the script found this window not ready",
+                case.series
+            );
+            assert!(
+                (input.scale - case.scale).abs() <= 1e-9 * case.scale.abs().max(1.0),
+                "{}",
+                case.series
+            );
+            for (row, want) in input.x.iter().zip(&case.x) {
+                for (got, want) in row.iter().zip(want) {
+                    assert!(
+                        (f64::from(*got) - want).abs() < 1e-5,
+                        "{}: x {got} vs {want}",
+                        case.series
+                    );
+                }
+            }
+            for (row, want) in input.xf.iter().zip(&case.xf) {
+                for (got, want) in row.iter().zip(want) {
+                    assert!(
+                        (f64::from(*got) - want).abs() < 1e-5,
+                        "{}: xf {got} vs {want}",
+                        case.series
+                    );
+                }
+            }
+        }
     }
 }

@@ -311,7 +311,14 @@ impl SeriesSet {
                 Some(_) => {}
                 None if room => {
                     let seen = self.epoch;
-                    self.children.insert(hash, Child { last: value, series, seen });
+                    self.children.insert(
+                        hash,
+                        Child {
+                            last: value,
+                            series,
+                            seen,
+                        },
+                    );
                     self.series[series].tainted = true;
                 }
                 None => stats.dropped += 1,
@@ -413,9 +420,8 @@ mod tests {
     fn counters_become_rates_with_resets_and_holes() {
         let mut set = SeriesSet::new(limits());
         let key: Vec<String> = vec![];
-        let scrape = |set: &mut SeriesSet, t: f64, v: f64| {
-            set.observe(t, [(1u64, key.as_slice(), v)])
-        };
+        let scrape =
+            |set: &mut SeriesSet, t: f64, v: f64| set.observe(t, [(1u64, key.as_slice(), v)]);
         // 15 s scrapes at 10 req/s from t = 600.
         for i in 0..=8 {
             scrape(&mut set, 600.0 + 15.0 * i as f64, 150.0 * i as f64);
@@ -461,7 +467,9 @@ mod tests {
         let keys: Vec<Vec<String>> = (0..5).map(|i| vec![i.to_string()]).collect();
         let stats = set.observe(
             0.0,
-            keys.iter().enumerate().map(|(i, k)| (i as u64, k.as_slice(), 1.0)),
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (i as u64, k.as_slice(), 1.0)),
         );
         assert_eq!(set.series().len(), 3);
         assert_eq!(stats.dropped, 2);

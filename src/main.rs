@@ -13,7 +13,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOWCAST_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FLOWCAST_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -79,12 +80,18 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         }
         Command::Backtest(args) => {
             if args.mc_passes == 0 || args.mc_passes > 1000 {
-                return Err(usage(anyhow::anyhow!("--mc-passes must be between 1 and 1000")));
+                return Err(usage(anyhow::anyhow!(
+                    "--mc-passes must be between 1 and 1000"
+                )));
             }
             let series = backtest::read_series(&args.data, args.step).map_err(usage)?;
             let model = Arc::new(flowcast::model::Model::embedded().map_err(runtime)?);
             let started = std::time::Instant::now();
-            let settings = backtest::Settings { seed: args.seed, mc_passes: args.mc_passes, band: args.band };
+            let settings = backtest::Settings {
+                seed: args.seed,
+                mc_passes: args.mc_passes,
+                band: args.band,
+            };
             let rows = backtest::run(&series, model, settings).map_err(runtime)?;
             backtest::write_rows(&args.out, &rows).map_err(runtime)?;
             let s = backtest::score(&series, &rows, args.warmup_seconds);
@@ -101,8 +108,9 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 s.int_score
             );
             if let Some(plot) = &args.plot {
-                std::fs::write(plot, backtest::plot(&series, &rows, 3))
-                    .map_err(|e| runtime(anyhow::anyhow!("cannot write {}: {e}", plot.display())))?;
+                std::fs::write(plot, backtest::plot(&series, &rows, 3)).map_err(|e| {
+                    runtime(anyhow::anyhow!("cannot write {}: {e}", plot.display()))
+                })?;
             }
             Ok(())
         }

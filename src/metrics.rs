@@ -7,8 +7,8 @@
 //! pipeline hands it finished numbers.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::band::{Forecast, Judgement};
@@ -157,13 +157,20 @@ impl Metrics {
                 &horizon_labels,
             )?,
         };
-        let histogram = |n: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, MetricsError> {
-            let h = Histogram::with_opts(HistogramOpts::new(name(n), help).buckets(buckets))?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
-        let fast = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-        let scrape_duration = histogram("scrape_duration_seconds", "Duration of scrapes of the target.", fast.clone())?;
+        let histogram =
+            |n: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, MetricsError> {
+                let h = Histogram::with_opts(HistogramOpts::new(name(n), help).buckets(buckets))?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let fast = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let scrape_duration = histogram(
+            "scrape_duration_seconds",
+            "Duration of scrapes of the target.",
+            fast.clone(),
+        )?;
         let inference_duration = histogram(
             "inference_duration_seconds",
             "Duration of one batched model run (all ready series, all Monte-Carlo passes).",
@@ -174,11 +181,12 @@ impl Metrics {
             "Duration of one forecast tick (features, inference, band, publishing).",
             fast.clone(),
         )?;
-        let counter_vec = |n: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
-            let c = IntCounterVec::new(Opts::new(name(n), help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter_vec =
+            |n: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+                let c = IntCounterVec::new(Opts::new(name(n), help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let counter = |n: &str, help: &str| -> Result<IntCounter, MetricsError> {
             let c = IntCounter::with_opts(Opts::new(name(n), help))?;
             registry.register(Box::new(c.clone()))?;
@@ -189,14 +197,25 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let scrape_failures = counter_vec("scrape_failures_total", "Failed scrapes of the target, by reason.", &["reason"])?;
-        let tick_failures = counter_vec("tick_failures_total", "Forecast ticks that failed, by reason.", &["reason"])?;
+        let scrape_failures = counter_vec(
+            "scrape_failures_total",
+            "Failed scrapes of the target, by reason.",
+            &["reason"],
+        )?;
+        let tick_failures = counter_vec(
+            "tick_failures_total",
+            "Forecast ticks that failed, by reason.",
+            &["reason"],
+        )?;
         let scrapes = counter("scrapes_total", "Scrapes of the target attempted.")?;
         let series_dropped = counter(
             "series_dropped_total",
             "Samples whose series was refused because --max-series was reached.",
         )?;
-        let counter_resets = counter("counter_resets_total", "Counter resets seen in the selected counters.")?;
+        let counter_resets = counter(
+            "counter_resets_total",
+            "Counter resets seen in the selected counters.",
+        )?;
         let mc_passes = int_gauge("mc_passes", "Monte-Carlo dropout passes per forecast.")?;
         let series_count = int_gauge("series", "Series currently held.")?;
         let last_tick = prometheus::Gauge::with_opts(Opts::new(
@@ -205,13 +224,22 @@ impl Metrics {
         ))?;
         registry.register(Box::new(last_tick.clone()))?;
         let build_info = IntGaugeVec::new(
-            Opts::new(name("build_info"), "Build information; the value is always 1."),
+            Opts::new(
+                name("build_info"),
+                "Build information; the value is always 1.",
+            ),
             &["version"],
         )?;
         registry.register(Box::new(build_info.clone()))?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let http_duration = HistogramVec::new(
-            HistogramOpts::new(name("http_request_duration_seconds"), "Time to answer HTTP requests, by path.").buckets(fast),
+            HistogramOpts::new(
+                name("http_request_duration_seconds"),
+                "Time to answer HTTP requests, by path.",
+            )
+            .buckets(fast),
             &["path"],
         )?;
         registry.register(Box::new(http_duration.clone()))?;
@@ -244,7 +272,9 @@ impl Metrics {
             s.upper.with_label_values(&labels).set(interval.upper);
             s.stddev.with_label_values(&labels).set(interval.stddev);
             for (c, value) in interval.components.iter().enumerate() {
-                s.uncertainty.with_label_values(&with(series, &[HORIZONS[h], COMPONENTS[c]])).set(*value);
+                s.uncertainty
+                    .with_label_values(&with(series, &[HORIZONS[h], COMPONENTS[c]]))
+                    .set(*value);
             }
         }
     }
@@ -266,11 +296,25 @@ impl Metrics {
     /// Publishes a series' status gauges; absent values remove their gauge.
     pub fn publish_status(&self, series: &[&str], status: &SeriesStatus) {
         let s = &self.series;
-        s.ready.with_label_values(series).set(if status.ready { 1.0 } else { 0.0 });
-        s.history.with_label_values(series).set(status.history_seconds);
+        s.ready
+            .with_label_values(series)
+            .set(if status.ready { 1.0 } else { 0.0 });
+        s.history
+            .with_label_values(series)
+            .set(status.history_seconds);
         set_or_remove(&s.observed, series, status.observed);
-        set_or_remove(&s.anomaly, series, status.judgement.map(|j| j.anomaly_score));
-        set_or_remove(&s.out_of_band, series, status.judgement.map(|j| if j.out_of_band { 1.0 } else { 0.0 }));
+        set_or_remove(
+            &s.anomaly,
+            series,
+            status.judgement.map(|j| j.anomaly_score),
+        );
+        set_or_remove(
+            &s.out_of_band,
+            series,
+            status
+                .judgement
+                .map(|j| if j.out_of_band { 1.0 } else { 0.0 }),
+        );
         for (h, horizon) in HORIZONS.iter().enumerate() {
             let labels = with(series, &[horizon]);
             set_or_remove(&s.coverage, &labels, status.coverage[h]);

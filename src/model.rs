@@ -16,8 +16,8 @@ use serde::Deserialize;
 use tract_onnx::prelude::*;
 
 use crate::features::{
-    ModelInput, DECODER_FEATURES, ENCODER_FEATURES, HORIZON_STEPS, MIN_PRESENT_STEPS,
-    RECENT_STEPS, WINDOW_STEPS, ZERO_SCALE_FALLBACK,
+    ModelInput, DECODER_FEATURES, ENCODER_FEATURES, HORIZON_STEPS, MIN_PRESENT_STEPS, RECENT_STEPS,
+    WINDOW_STEPS, ZERO_SCALE_FALLBACK,
 };
 
 /// The ONNX model shipped inside the binary.
@@ -221,12 +221,19 @@ impl Model {
         passes: usize,
     ) -> Result<Vec<PassOutputs>, ModelError> {
         if seeds.len() != inputs.len() {
-            return Err(ModelError::Run(format!("{} inputs but {} seeds", inputs.len(), seeds.len())));
+            return Err(ModelError::Run(format!(
+                "{} inputs but {} seeds",
+                inputs.len(),
+                seeds.len()
+            )));
         }
         let rows_per_series = passes + 1;
         let series_per_call = (MAX_BATCH / rows_per_series).max(1);
         let mut out = Vec::with_capacity(inputs.len());
-        for (chunk, chunk_seeds) in inputs.chunks(series_per_call).zip(seeds.chunks(series_per_call)) {
+        for (chunk, chunk_seeds) in inputs
+            .chunks(series_per_call)
+            .zip(seeds.chunks(series_per_call))
+        {
             let (mean, logvar) = self.run_rows(chunk, chunk_seeds, rows_per_series)?;
             for i in 0..chunk.len() {
                 out.push(reduce(&mean, &logvar, i * rows_per_series, passes)?);
@@ -261,7 +268,10 @@ impl Model {
                 .to_plain_array_view::<f32>()
                 .map_err(|e| ModelError::Run(format!("{e:#}")))?;
             if v.len() != batch * HORIZON_STEPS {
-                return Err(ModelError::Run(format!("output {i} has {} values", v.len())));
+                return Err(ModelError::Run(format!(
+                    "output {i} has {} values",
+                    v.len()
+                )));
             }
             Ok(v.iter().copied().collect())
         };
@@ -302,7 +312,12 @@ impl Model {
 }
 
 /// Reduces the rows of one series (deterministic row first, then the MC passes).
-fn reduce(mean: &[f32], logvar: &[f32], first_row: usize, passes: usize) -> Result<PassOutputs, ModelError> {
+fn reduce(
+    mean: &[f32],
+    logvar: &[f32],
+    first_row: usize,
+    passes: usize,
+) -> Result<PassOutputs, ModelError> {
     let at = |v: &[f32], row: usize, h: usize| f64::from(v[(first_row + row) * HORIZON_STEPS + h]);
     let mut out = PassOutputs {
         mean: [0.0; HORIZON_STEPS],
@@ -317,54 +332,109 @@ fn reduce(mean: &[f32], logvar: &[f32], first_row: usize, passes: usize) -> Resu
         }
         let n = passes as f64;
         let mc_mean = (1..=passes).map(|r| at(mean, r, h)).sum::<f64>() / n;
-        out.u1_sq[h] = (1..=passes).map(|r| (at(mean, r, h) - mc_mean).powi(2)).sum::<f64>() / n;
+        out.u1_sq[h] = (1..=passes)
+            .map(|r| (at(mean, r, h) - mc_mean).powi(2))
+            .sum::<f64>()
+            / n;
         out.u2_sq[h] = (1..=passes)
             .map(|r| at(logvar, r, h).clamp(-30.0, 30.0).exp())
             .sum::<f64>()
             / n;
     }
-    let finite = out.mean.iter().chain(&out.u1_sq).chain(&out.u2_sq).all(|v| v.is_finite());
+    let finite = out
+        .mean
+        .iter()
+        .chain(&out.u1_sq)
+        .chain(&out.u2_sq)
+        .all(|v| v.is_finite());
     if finite {
         Ok(out)
     } else {
-        Err(ModelError::Run("the model produced NaN or infinite outputs".to_string()))
+        Err(ModelError::Run(
+            "the model produced NaN or infinite outputs".to_string(),
+        ))
     }
 }
 
 fn check_contract(card: &ModelCard) -> Result<(), ModelError> {
-    let want = |ok: bool, what: &str| if ok { Ok(()) } else { Err(ModelError::Contract(what.to_string())) };
+    let want = |ok: bool, what: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(ModelError::Contract(what.to_string()))
+        }
+    };
     want(card.format_version == 1, "format_version must be 1")?;
-    want(card.step_seconds == crate::history::STEP_SECONDS, "step_seconds must be 300")?;
+    want(
+        card.step_seconds == crate::history::STEP_SECONDS,
+        "step_seconds must be 300",
+    )?;
     want(card.window_steps == WINDOW_STEPS, "window_steps must be 36")?;
-    want(card.horizon_steps == HORIZON_STEPS, "horizon_steps must be 3")?;
-    want(card.normalisation.kind == "log1p_over_window_mean", "normalisation.kind must be log1p_over_window_mean")?;
-    want(card.normalisation.zero_scale_fallback == ZERO_SCALE_FALLBACK, "normalisation.zero_scale_fallback must be 1.0")?;
-    want(card.readiness.min_present_steps == MIN_PRESENT_STEPS, "readiness.min_present_steps must be 18")?;
-    want(card.readiness.recent_steps == RECENT_STEPS, "readiness.recent_steps must be 3")?;
-    want((0.0..1.0).contains(&card.dropout.rate), "dropout.rate must be in [0, 1)")?;
-    want(card.dropout.mask_width > 0, "dropout.mask_width must be positive")?;
+    want(
+        card.horizon_steps == HORIZON_STEPS,
+        "horizon_steps must be 3",
+    )?;
+    want(
+        card.normalisation.kind == "log1p_over_window_mean",
+        "normalisation.kind must be log1p_over_window_mean",
+    )?;
+    want(
+        card.normalisation.zero_scale_fallback == ZERO_SCALE_FALLBACK,
+        "normalisation.zero_scale_fallback must be 1.0",
+    )?;
+    want(
+        card.readiness.min_present_steps == MIN_PRESENT_STEPS,
+        "readiness.min_present_steps must be 18",
+    )?;
+    want(
+        card.readiness.recent_steps == RECENT_STEPS,
+        "readiness.recent_steps must be 3",
+    )?;
+    want(
+        (0.0..1.0).contains(&card.dropout.rate),
+        "dropout.rate must be in [0, 1)",
+    )?;
+    want(
+        card.dropout.mask_width > 0,
+        "dropout.mask_width must be positive",
+    )?;
     let p = &card.calibration_prior;
     want(
         p.u3_sq_by_hour.len() == HORIZON_STEPS
-            && p.u3_sq_by_hour.iter().all(|h| h.len() == 24 && h.iter().all(|v| v.is_finite() && *v >= 0.0)),
+            && p.u3_sq_by_hour
+                .iter()
+                .all(|h| h.len() == 24 && h.iter().all(|v| v.is_finite() && *v >= 0.0)),
         "calibration_prior.u3_sq_by_hour must be 3 x 24 non-negative numbers",
     )?;
     want(
-        p.k_upper.len() == HORIZON_STEPS && p.k_lower.len() == HORIZON_STEPS
-            && p.k_upper.iter().chain(&p.k_lower).all(|v| v.is_finite() && *v > 0.0),
+        p.k_upper.len() == HORIZON_STEPS
+            && p.k_lower.len() == HORIZON_STEPS
+            && p.k_upper
+                .iter()
+                .chain(&p.k_lower)
+                .all(|v| v.is_finite() && *v > 0.0),
         "calibration_prior.k_upper and k_lower must be 3 positive numbers each",
     )?;
     let expect_inputs = [
         ("x", vec![None, Some(WINDOW_STEPS), Some(ENCODER_FEATURES)]),
-        ("xf", vec![None, Some(HORIZON_STEPS), Some(DECODER_FEATURES)]),
+        (
+            "xf",
+            vec![None, Some(HORIZON_STEPS), Some(DECODER_FEATURES)],
+        ),
         ("mask", vec![None, Some(card.dropout.mask_width)]),
     ];
     for (name, shape) in &expect_inputs {
-        want(card.inputs.get(*name) == Some(shape), &format!("inputs.{name} must be {shape:?}"))?;
+        want(
+            card.inputs.get(*name) == Some(shape),
+            &format!("inputs.{name} must be {shape:?}"),
+        )?;
     }
     for name in ["mean", "logvar"] {
         let shape = vec![None, Some(HORIZON_STEPS)];
-        want(card.outputs.get(name) == Some(&shape), &format!("outputs.{name} must be {shape:?}"))?;
+        want(
+            card.outputs.get(name) == Some(&shape),
+            &format!("outputs.{name} must be {shape:?}"),
+        )?;
     }
     Ok(())
 }
@@ -377,28 +447,43 @@ fn check_io(model: &TypedModel, card: &ModelCard) -> Result<(), ModelError> {
     let in_names = ["x", "xf", "mask"];
     let out_names = ["mean", "logvar"];
     if inputs.len() != in_names.len() {
-        return Err(err(format!("expected 3 inputs (x, xf, mask), found {}", inputs.len())));
+        return Err(err(format!(
+            "expected 3 inputs (x, xf, mask), found {}",
+            inputs.len()
+        )));
     }
     if outputs.len() != out_names.len() {
-        return Err(err(format!("expected 2 outputs (mean, logvar), found {}", outputs.len())));
+        return Err(err(format!(
+            "expected 2 outputs (mean, logvar), found {}",
+            outputs.len()
+        )));
     }
-    let check = |outlet: OutletId, name: &str, expected: &[Option<usize>]| -> Result<(), ModelError> {
-        let fact = model.outlet_fact(outlet).map_err(|e| err(format!("{e:#}")))?;
-        if fact.datum_type != f32::datum_type() {
-            return Err(err(format!("{name} must be float32, is {:?}", fact.datum_type)));
-        }
-        let dims: Vec<Option<i64>> = fact.shape.iter().map(|d| d.as_i64()).collect();
-        let ok = dims.len() == expected.len()
-            && dims.iter().zip(expected).all(|(d, e)| match e {
-                None => true,
-                Some(n) => *d == Some(*n as i64),
-            });
-        if ok {
-            Ok(())
-        } else {
-            Err(err(format!("{name} has shape {:?}, the card says {expected:?}", fact.shape)))
-        }
-    };
+    let check =
+        |outlet: OutletId, name: &str, expected: &[Option<usize>]| -> Result<(), ModelError> {
+            let fact = model
+                .outlet_fact(outlet)
+                .map_err(|e| err(format!("{e:#}")))?;
+            if fact.datum_type != f32::datum_type() {
+                return Err(err(format!(
+                    "{name} must be float32, is {:?}",
+                    fact.datum_type
+                )));
+            }
+            let dims: Vec<Option<i64>> = fact.shape.iter().map(|d| d.as_i64()).collect();
+            let ok = dims.len() == expected.len()
+                && dims.iter().zip(expected).all(|(d, e)| match e {
+                    None => true,
+                    Some(n) => *d == Some(*n as i64),
+                });
+            if ok {
+                Ok(())
+            } else {
+                Err(err(format!(
+                    "{name} has shape {:?}, the card says {expected:?}",
+                    fact.shape
+                )))
+            }
+        };
     for (outlet, name) in inputs.iter().zip(in_names) {
         let actual = &model.node(outlet.node).name;
         if actual != name {
@@ -455,8 +540,15 @@ mod tests {
             let (mean, logvar) = model
                 .run_raw(&x, &flattened(&case.xf), &flattened(&case.mask), batch)
                 .expect("runs");
-            for (got, want) in mean.iter().zip(flattened(&case.mean)).chain(logvar.iter().zip(flattened(&case.logvar))) {
-                assert!((got - want).abs() <= 1e-4, "case {i}: tract {got} vs torch {want}");
+            for (got, want) in mean
+                .iter()
+                .zip(flattened(&case.mean))
+                .chain(logvar.iter().zip(flattened(&case.logvar)))
+            {
+                assert!(
+                    (got - want).abs() <= 1e-4,
+                    "case {i}: tract {got} vs torch {want}"
+                );
             }
         }
     }
@@ -485,17 +577,35 @@ mod tests {
     #[test]
     fn monte_carlo_passes_are_seeded_and_spread() {
         let model = Model::embedded().expect("loads");
-        let steps: [Option<f64>; WINDOW_STEPS] = std::array::from_fn(|k| Some(10.0 + (k % 5) as f64));
+        let steps: [Option<f64>; WINDOW_STEPS] =
+            std::array::from_fn(|k| Some(10.0 + (k % 5) as f64));
         let input = crate::features::model_input(&steps, 86_400 * 30).expect("ready");
-        let a = model.predict(std::slice::from_ref(&input), &[7], 30).expect("runs");
-        let b = model.predict(std::slice::from_ref(&input), &[7], 30).expect("runs");
-        let c = model.predict(std::slice::from_ref(&input), &[8], 30).expect("runs");
-        let two = model.predict(&[input.clone(), input.clone()], &[8, 7], 30).expect("runs");
-        assert_eq!(two[1], a[0], "batch neighbours do not change a series' masks");
+        let a = model
+            .predict(std::slice::from_ref(&input), &[7], 30)
+            .expect("runs");
+        let b = model
+            .predict(std::slice::from_ref(&input), &[7], 30)
+            .expect("runs");
+        let c = model
+            .predict(std::slice::from_ref(&input), &[8], 30)
+            .expect("runs");
+        let two = model
+            .predict(&[input.clone(), input.clone()], &[8, 7], 30)
+            .expect("runs");
+        assert_eq!(
+            two[1], a[0],
+            "batch neighbours do not change a series' masks"
+        );
         assert_eq!(a, b, "same seed, same result");
         assert_ne!(a[0].u1_sq, c[0].u1_sq, "another seed, other masks");
-        assert_eq!(a[0].mean, c[0].mean, "the deterministic pass ignores the seed");
-        assert!(a[0].u1_sq.iter().all(|v| *v > 0.0), "dropout spreads the passes");
+        assert_eq!(
+            a[0].mean, c[0].mean,
+            "the deterministic pass ignores the seed"
+        );
+        assert!(
+            a[0].u1_sq.iter().all(|v| *v > 0.0),
+            "dropout spreads the passes"
+        );
         assert!(a[0].u2_sq.iter().all(|v| *v > 0.0));
     }
 }

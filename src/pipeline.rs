@@ -104,7 +104,12 @@ impl Prepared {
     pub fn inputs(&self) -> (Vec<features::ModelInput>, Vec<u64>) {
         self.views
             .iter()
-            .filter_map(|v| v.input.as_ref().ok().map(|i| (i.clone(), series_seed(self.seed, v.index))))
+            .filter_map(|v| {
+                v.input
+                    .as_ref()
+                    .ok()
+                    .map(|i| (i.clone(), series_seed(self.seed, v.index)))
+            })
             .unzip()
     }
 
@@ -208,7 +213,8 @@ impl Engine {
     pub fn finish(&mut self, prepared: Prepared, outputs: &[PassOutputs]) -> TickReport {
         let prior = &self.model.card().calibration_prior;
         while self.calibrators.len() < self.set.series().len() {
-            self.calibrators.push(Calibrator::new(prior, self.settings.band));
+            self.calibrators
+                .push(Calibrator::new(prior, self.settings.band));
             self.judgements.push(None);
         }
         let origin = prepared.origin;
@@ -226,8 +232,13 @@ impl Engine {
                     }
                 }
             }
-            let forecast = match (&view.input, view.input.is_ok().then(|| outputs.next()).flatten()) {
-                (Ok(input), Some(out)) => Some(self.calibrators[i].forecast(origin, input.scale, out)),
+            let forecast = match (
+                &view.input,
+                view.input.is_ok().then(|| outputs.next()).flatten(),
+            ) {
+                (Ok(input), Some(out)) => {
+                    Some(self.calibrators[i].forecast(origin, input.scale, out))
+                }
                 _ => None,
             };
             let judgement = self.judgements[i];
@@ -242,7 +253,12 @@ impl Engine {
                     Err(NotReady::Stale) => Some("stale"),
                 },
                 history_seconds: view.history_seconds,
-                observed: view.steps[WINDOW_STEPS - 3..].iter().rev().flatten().next().copied(),
+                observed: view.steps[WINDOW_STEPS - 3..]
+                    .iter()
+                    .rev()
+                    .flatten()
+                    .next()
+                    .copied(),
                 anomaly_score: judgement.map(|j| j.anomaly_score),
                 out_of_band: judgement.map(|j| j.out_of_band),
                 band_coverage: std::array::from_fn(|h| rolling[h].coverage),
@@ -251,14 +267,19 @@ impl Engine {
                 recent_steps: view.steps.to_vec(),
             });
         }
-        TickReport { origin, series: reports }
+        TickReport {
+            origin,
+            series: reports,
+        }
     }
 
     /// A whole tick on the calling thread.
     pub fn tick(&mut self, origin: i64) -> Result<TickReport, ModelError> {
         let prepared = self.prepare(origin);
         let (inputs, seeds) = prepared.inputs();
-        let outputs = self.model.predict(&inputs, &seeds, self.settings.mc_passes)?;
+        let outputs = self
+            .model
+            .predict(&inputs, &seeds, self.settings.mc_passes)?;
         Ok(self.finish(prepared, &outputs))
     }
 }
@@ -383,7 +404,10 @@ pub async fn run(
     scrape_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut forecast_tick = tokio::time::interval(settings.forecast_interval);
     forecast_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    shared.metrics.mc_passes.set(engine.settings().mc_passes as i64);
+    shared
+        .metrics
+        .mc_passes
+        .set(engine.settings().mc_passes as i64);
     shared.ready.store(true, Ordering::Release);
     let mut last_outcome: Option<&'static str> = None;
     loop {
@@ -442,27 +466,44 @@ async fn scrape_once(
                 let key = settings
                     .by
                     .iter()
-                    .map(|l| sample.labels.get(l).map(|v| v.into_owned()).unwrap_or_default())
+                    .map(|l| {
+                        sample
+                            .labels
+                            .get(l)
+                            .map(|v| v.into_owned())
+                            .unwrap_or_default()
+                    })
                     .collect();
                 matched.push((h.finish(), key, sample.value));
             }
         })?;
         Ok(matched)
     });
-    shared.metrics.scrape_duration.observe(started.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .scrape_duration
+        .observe(started.elapsed().as_secs_f64());
     match outcome {
         Ok(matched) => {
             let stats = engine.observe(t, matched.iter().map(|(h, k, v)| (*h, k.as_slice(), *v)));
             shared.metrics.series_dropped.inc_by(stats.dropped as u64);
             shared.metrics.counter_resets.inc_by(stats.resets as u64);
             if stats.invalid > 0 {
-                shared.metrics.scrape_failures.with_label_values(&["invalid_value"]).inc();
+                shared
+                    .metrics
+                    .scrape_failures
+                    .with_label_values(&["invalid_value"])
+                    .inc();
             }
             debug!(matched = stats.matched, "scrape recorded");
             Ok(())
         }
         Err(e) => {
-            shared.metrics.scrape_failures.with_label_values(&[e.reason()]).inc();
+            shared
+                .metrics
+                .scrape_failures
+                .with_label_values(&[e.reason()])
+                .inc();
             engine.mark_gap();
             Err(e)
         }
@@ -470,7 +511,11 @@ async fn scrape_once(
 }
 
 /// Runs one forecast tick: prepare on this task, infer on a blocking thread, publish.
-pub async fn forecast_once(engine: &mut Engine, origin: i64, shared: &Shared) -> Result<(), ModelError> {
+pub async fn forecast_once(
+    engine: &mut Engine,
+    origin: i64,
+    shared: &Shared,
+) -> Result<(), ModelError> {
     let started = Instant::now();
     let prepared = engine.prepare(origin);
     let (inputs, seeds) = prepared.inputs();
@@ -483,18 +528,28 @@ pub async fn forecast_once(engine: &mut Engine, origin: i64, shared: &Shared) ->
         let outputs = tokio::task::spawn_blocking(move || model.predict(&inputs, &seeds, passes))
             .await
             .map_err(|e| ModelError::Run(format!("inference task failed: {e}")))??;
-        shared.metrics.inference_duration.observe(infer_started.elapsed().as_secs_f64());
+        shared
+            .metrics
+            .inference_duration
+            .observe(infer_started.elapsed().as_secs_f64());
         outputs
     };
     let report = engine.finish(prepared, &outputs);
     debug!(
         origin = report.origin,
-        ready = report.series.iter().filter(|s| s.forecast.is_some()).count(),
+        ready = report
+            .series
+            .iter()
+            .filter(|s| s.forecast.is_some())
+            .count(),
         horizons = HORIZONS.len(),
         "forecast tick"
     );
     shared.publish(report);
-    shared.metrics.tick_duration.observe(started.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .tick_duration
+        .observe(started.elapsed().as_secs_f64());
     shared.metrics.last_tick.set(now_unix());
     Ok(())
 }

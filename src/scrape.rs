@@ -106,7 +106,10 @@ impl Scraper {
         if !status.is_success() {
             return Err(ScrapeError::Status(status.as_u16()));
         }
-        if response.content_length().is_some_and(|n| n > self.max_body_bytes as u64) {
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_body_bytes as u64)
+        {
             return Err(ScrapeError::TooLarge(self.max_body_bytes));
         }
         let content_type = response

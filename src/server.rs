@@ -49,7 +49,12 @@ impl Default for ServerLimits {
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests for at most
 /// `limits.drain`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: ServerLimits, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -92,7 +97,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: ServerLim
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!("in-flight requests did not finish within the drain time");
     }
 }
@@ -106,7 +114,8 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match path.as_str() {
             "/metrics" => {
                 let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode_text())));
-                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_CONTENT_TYPE));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_CONTENT_TYPE));
                 r
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -119,7 +128,10 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
             "/api/v1/forecast" => {
                 let body = forecast_json(shared, &shared.latest()).to_string();
-                with_type(Response::new(Full::new(Bytes::from(body))), "application/json")
+                with_type(
+                    Response::new(Full::new(Bytes::from(body))),
+                    "application/json",
+                )
             }
             "/" => with_type(
                 Response::new(Full::new(Bytes::from(page(shared, &shared.latest())))),
@@ -132,19 +144,28 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" | "/healthz" | "/readyz" | "/api/v1/forecast" | "/" => path.as_str(),
         _ => "other",
     };
-    shared.metrics.http_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .http_duration
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = with_type(Response::new(Full::new(Bytes::from_static(body.as_bytes()))), "text/plain; charset=utf-8");
+    let mut r = with_type(
+        Response::new(Full::new(Bytes::from_static(body.as_bytes()))),
+        "text/plain; charset=utf-8",
+    );
     *r.status_mut() = status;
     r
 }
 
 fn with_type(mut r: Response<Full<Bytes>>, content_type: &'static str) -> Response<Full<Bytes>> {
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -226,7 +247,11 @@ fn chart(steps: &[Option<f64>], forecast: Option<&crate::band::Forecast>) -> Str
         .iter()
         .flatten()
         .copied()
-        .chain(forecast.iter().flat_map(|f| f.horizons.iter().map(|i| i.upper)))
+        .chain(
+            forecast
+                .iter()
+                .flat_map(|f| f.horizons.iter().map(|i| i.upper)),
+        )
         .fold(0.0f64, f64::max)
         .max(1e-9);
     let x = |i: usize| 10.0 + (W - 20.0) * i as f64 / (n.max(2) - 1) as f64;
@@ -236,17 +261,39 @@ fn chart(steps: &[Option<f64>], forecast: Option<&crate::band::Forecast>) -> Str
         let last = steps.len().saturating_sub(1);
         let mut band = String::new();
         let start = steps.last().copied().flatten();
-        let upper: Vec<(f64, f64)> = start.map(|v| (x(last), y(v))).into_iter().chain(
-            f.horizons.iter().enumerate().map(|(h, i)| (x(steps.len() + h), y(i.upper)))).collect();
-        let lower: Vec<(f64, f64)> = start.map(|v| (x(last), y(v))).into_iter().chain(
-            f.horizons.iter().enumerate().map(|(h, i)| (x(steps.len() + h), y(i.lower)))).collect();
+        let upper: Vec<(f64, f64)> = start
+            .map(|v| (x(last), y(v)))
+            .into_iter()
+            .chain(
+                f.horizons
+                    .iter()
+                    .enumerate()
+                    .map(|(h, i)| (x(steps.len() + h), y(i.upper))),
+            )
+            .collect();
+        let lower: Vec<(f64, f64)> = start
+            .map(|v| (x(last), y(v)))
+            .into_iter()
+            .chain(
+                f.horizons
+                    .iter()
+                    .enumerate()
+                    .map(|(h, i)| (x(steps.len() + h), y(i.lower))),
+            )
+            .collect();
         for (i, (px, py)) in upper.iter().chain(lower.iter().rev()).enumerate() {
             let _ = write!(band, "{}{px:.1},{py:.1} ", if i == 0 { "M" } else { "L" });
         }
         let _ = write!(svg, "<path class=\"band\" d=\"{band}Z\" fill=\"#f4a261\" fill-opacity=\"0.35\" stroke=\"none\"/>");
         let mut mean = String::new();
         for (h, i) in f.horizons.iter().enumerate() {
-            let _ = write!(mean, "{}{:.1},{:.1} ", if h == 0 { "M" } else { "L" }, x(steps.len() + h), y(i.mean));
+            let _ = write!(
+                mean,
+                "{}{:.1},{:.1} ",
+                if h == 0 { "M" } else { "L" },
+                x(steps.len() + h),
+                y(i.mean)
+            );
         }
         let _ = write!(svg, "<path class=\"mean\" d=\"{mean}\" fill=\"none\" stroke=\"#e76f51\" stroke-width=\"2\" stroke-dasharray=\"4 3\"/>");
     }
@@ -255,17 +302,29 @@ fn chart(steps: &[Option<f64>], forecast: Option<&crate::band::Forecast>) -> Str
     for (i, v) in steps.iter().enumerate() {
         match v {
             Some(v) => {
-                let _ = write!(line, "{}{:.1},{:.1} ", if pen_down { "L" } else { "M" }, x(i), y(*v));
+                let _ = write!(
+                    line,
+                    "{}{:.1},{:.1} ",
+                    if pen_down { "L" } else { "M" },
+                    x(i),
+                    y(*v)
+                );
                 pen_down = true;
             }
             None => pen_down = false,
         }
     }
     let _ = write!(svg, "<path class=\"observed\" d=\"{line}\" fill=\"none\" stroke=\"#264653\" stroke-width=\"2\"/>");
-    let _ = write!(svg, "<text x=\"12\" y=\"16\" font-size=\"11\" fill=\"#666\">max {max:.3} req/s</text></svg>");
+    let _ = write!(
+        svg,
+        "<text x=\"12\" y=\"16\" font-size=\"11\" fill=\"#666\">max {max:.3} req/s</text></svg>"
+    );
     svg
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

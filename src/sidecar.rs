@@ -70,8 +70,16 @@ impl Sidecar {
                 limits,
             },
         );
-        let scraper = Scraper::new(config.target.clone(), config.scrape_timeout, config.max_body_bytes)?;
-        let shared = Arc::new(Shared::new(metrics, config.series_name.clone(), config.by.clone()));
+        let scraper = Scraper::new(
+            config.target.clone(),
+            config.scrape_timeout,
+            config.max_body_bytes,
+        )?;
+        let shared = Arc::new(Shared::new(
+            metrics,
+            config.series_name.clone(),
+            config.by.clone(),
+        ));
         Ok(Self {
             engine,
             shared,
@@ -94,8 +102,17 @@ impl Sidecar {
             shutdown.clone(),
         ));
         let shared = Arc::clone(&self.shared);
-        let _engine = pipeline::run(self.engine, self.scraper, self.loop_settings, Arc::clone(&shared), shutdown).await;
-        shared.ready.store(false, std::sync::atomic::Ordering::Release);
+        let _engine = pipeline::run(
+            self.engine,
+            self.scraper,
+            self.loop_settings,
+            Arc::clone(&shared),
+            shutdown,
+        )
+        .await;
+        shared
+            .ready
+            .store(false, std::sync::atomic::Ordering::Release);
         info!("pipeline stopped, draining the server");
         let _ = server.await;
     }

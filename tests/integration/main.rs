@@ -31,7 +31,9 @@ fn exposition(orders: f64, search: f64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
     let app = FakeApp::start(&exposition(1000.0, 10.0)).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let config = FileConfig {
         target: Some(app.url()),
@@ -51,7 +53,9 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
     let now_minute = (now_unix() / 60.0).floor() as i64;
     for m in now_minute - 240..now_minute {
         let rate = 20.0 + 5.0 * ((m % 30) as f64 / 30.0);
-        sidecar.engine.record_rate(&["/orders".to_string()], m, rate);
+        sidecar
+            .engine
+            .record_rate(&["/orders".to_string()], m, rate);
     }
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(sidecar.run(listener, shutdown.clone()));
@@ -74,38 +78,90 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
         assert_eq!(status, 200);
         assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
         let samples = read_metrics(&body);
-        let search_seen = value(&samples, "flowcast_ready", &[("series", "api"), ("route", "/search")]).is_some();
-        let orders_ready = value(&samples, "flowcast_ready", &[("series", "api"), ("route", "/orders")]) == Some(1.0);
+        let search_seen = value(
+            &samples,
+            "flowcast_ready",
+            &[("series", "api"), ("route", "/search")],
+        )
+        .is_some();
+        let orders_ready = value(
+            &samples,
+            "flowcast_ready",
+            &[("series", "api"), ("route", "/orders")],
+        ) == Some(1.0);
         if search_seen && orders_ready {
             break samples;
         }
-        assert!(Instant::now() < deadline, "series did not appear within 20 s:\n{body}");
+        assert!(
+            Instant::now() < deadline,
+            "series did not appear within 20 s:\n{body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let orders = [("series", "api"), ("route", "/orders")];
     for h in HORIZONS {
         let labels = [orders[0], orders[1], ("horizon", h)];
         let mean = value(&samples, "flowcast_forecast_requests_per_second", &labels).expect("mean");
-        let lower = value(&samples, "flowcast_forecast_lower_requests_per_second", &labels).expect("lower");
-        let upper = value(&samples, "flowcast_forecast_upper_requests_per_second", &labels).expect("upper");
-        let sd = value(&samples, "flowcast_forecast_stddev_requests_per_second", &labels).expect("stddev");
-        assert!(0.0 <= lower && lower <= mean && mean <= upper, "{h}: {lower} {mean} {upper}");
-        assert!(mean > 5.0 && mean < 100.0, "{h}: mean {mean} is near the seeded 20-25 req/s");
+        let lower = value(
+            &samples,
+            "flowcast_forecast_lower_requests_per_second",
+            &labels,
+        )
+        .expect("lower");
+        let upper = value(
+            &samples,
+            "flowcast_forecast_upper_requests_per_second",
+            &labels,
+        )
+        .expect("upper");
+        let sd = value(
+            &samples,
+            "flowcast_forecast_stddev_requests_per_second",
+            &labels,
+        )
+        .expect("stddev");
+        assert!(
+            0.0 <= lower && lower <= mean && mean <= upper,
+            "{h}: {lower} {mean} {upper}"
+        );
+        assert!(
+            mean > 5.0 && mean < 100.0,
+            "{h}: mean {mean} is near the seeded 20-25 req/s"
+        );
         assert!(sd > 0.0);
         for c in ["epistemic", "heteroscedastic", "homoscedastic"] {
             let l = [orders[0], orders[1], ("horizon", h), ("component", c)];
-            assert!(value(&samples, "flowcast_uncertainty_requests_per_second", &l).is_some_and(|v| v >= 0.0), "{c}");
+            assert!(
+                value(&samples, "flowcast_uncertainty_requests_per_second", &l)
+                    .is_some_and(|v| v >= 0.0),
+                "{c}"
+            );
         }
     }
     assert!(value(&samples, "flowcast_history_seconds", &orders).is_some_and(|v| v >= 4.0 * 3600.0));
     // Not ready: ready 0 and no forecast gauges at all (KEDA's fallback then takes over).
-    assert_eq!(value(&samples, "flowcast_ready", &[("series", "api"), ("route", "/search")]), Some(0.0));
+    assert_eq!(
+        value(
+            &samples,
+            "flowcast_ready",
+            &[("series", "api"), ("route", "/search")]
+        ),
+        Some(0.0)
+    );
     let leaked: Vec<_> = samples
         .iter()
-        .filter(|s| s.name.starts_with("flowcast_forecast_") && s.labels.get("route").map(String::as_str) == Some("/search"))
+        .filter(|s| {
+            s.name.starts_with("flowcast_forecast_")
+                && s.labels.get("route").map(String::as_str) == Some("/search")
+        })
         .collect();
-    assert!(leaked.is_empty(), "unready series exported forecasts: {leaked:?}");
-    assert!(samples.iter().any(|s| s.name == "flowcast_scrape_duration_seconds_count" && s.value >= 1.0));
+    assert!(
+        leaked.is_empty(),
+        "unready series exported forecasts: {leaked:?}"
+    );
+    assert!(samples
+        .iter()
+        .any(|s| s.name == "flowcast_scrape_duration_seconds_count" && s.value >= 1.0));
     assert!(value(&samples, "flowcast_mc_passes", &[]) == Some(30.0));
 
     let (status, ct, body) = get(&format!("http://{addr}/api/v1/forecast")).await;
@@ -118,11 +174,16 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
     assert_eq!(get(&format!("http://{addr}/healthz")).await.0, 200);
     assert_eq!(get(&format!("http://{addr}/readyz")).await.0, 200);
     let (_, ct, page) = get(&format!("http://{addr}/")).await;
-    assert!(ct.starts_with("text/html") && page.contains("<svg") && page.contains("class=\"band\""));
+    assert!(
+        ct.starts_with("text/html") && page.contains("<svg") && page.contains("class=\"band\"")
+    );
 
     feeder.abort();
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops in time").expect("no panic");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops in time")
+        .expect("no panic");
 }
 
 /// Multiplying the history by 1000 multiplies mean and bounds by 1000 (within 1 %).
@@ -133,20 +194,31 @@ fn forecasts_are_scale_free() {
         mc_passes: 50,
         seed: 3,
         band: flowcast::band::BandMode::Calibrated,
-        limits: flowcast::history::SeriesLimits { max_series: 1, max_children: 1, max_gap_seconds: 60.0 },
+        limits: flowcast::history::SeriesLimits {
+            max_series: 1,
+            max_children: 1,
+            max_gap_seconds: 60.0,
+        },
     };
     let origin = 1_700_000_000 / 300 * 300;
     let mut engines = [1.0, 1000.0].map(|factor| {
         let mut e = flowcast::pipeline::Engine::new(Arc::clone(&model), settings);
         for m in origin / 60 - 240..origin / 60 {
-            let rate = 0.5 + 0.3 * ((m as f64) / 37.0).sin().abs() + if m % 53 < 3 { 1.0 } else { 0.0 };
+            let rate =
+                0.5 + 0.3 * ((m as f64) / 37.0).sin().abs() + if m % 53 < 3 { 1.0 } else { 0.0 };
             e.record_rate(&[], m, rate * factor);
         }
         e
     });
     let [a, b] = &mut engines;
-    let fa = a.tick(origin).expect("tick").series[0].forecast.clone().expect("ready");
-    let fb = b.tick(origin).expect("tick").series[0].forecast.clone().expect("ready");
+    let fa = a.tick(origin).expect("tick").series[0]
+        .forecast
+        .clone()
+        .expect("ready");
+    let fb = b.tick(origin).expect("tick").series[0]
+        .forecast
+        .clone()
+        .expect("ready");
     for (x, y) in fa.horizons.iter().zip(&fb.horizons) {
         for (p, q) in [(x.mean, y.mean), (x.lower, y.lower), (x.upper, y.upper)] {
             assert!(p > 0.0 && (q / p / 1000.0 - 1.0).abs() < 0.01, "{p} vs {q}");
@@ -164,31 +236,110 @@ fn bad_flags_and_configs_exit_2_naming_the_problem() {
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let cases: Vec<(Vec<String>, &str)> = {
         let unknown = dir.join("unknown.yaml");
-        std::fs::write(&unknown, "target: http://127.0.0.1:1/metrics\nselector: x_total\nscrape_intervall: 15s\n").expect("write");
+        std::fs::write(
+            &unknown,
+            "target: http://127.0.0.1:1/metrics\nselector: x_total\nscrape_intervall: 15s\n",
+        )
+        .expect("write");
         let timeout = dir.join("timeout.yaml");
-        std::fs::write(&timeout, "target: http://127.0.0.1:1/metrics\nselector: x_total\nscrape_timeout: 30s\n").expect("write");
+        std::fs::write(
+            &timeout,
+            "target: http://127.0.0.1:1/metrics\nselector: x_total\nscrape_timeout: 30s\n",
+        )
+        .expect("write");
         vec![
-            (vec!["run".into(), "--target".into(), "not a url".into(), "--selector".into(), "x_total".into()], "`target`"),
-            (vec!["run".into(), "--target".into(), "http://127.0.0.1:1/".into(), "--selector".into(), "x{a=~\"(\"}".into()], "`selector`"),
-            (vec!["check-config".into(), "--config".into(), unknown.display().to_string()], "scrape_intervall"),
-            (vec!["check-config".into(), "--config".into(), timeout.display().to_string()], "`scrape_timeout`"),
-            (vec!["run".into(), "--no-such-flag".into()], "--no-such-flag"),
-            (vec!["check-config".into(), "--config".into(), dir.join("missing.yaml").display().to_string()], "missing.yaml"),
+            (
+                vec![
+                    "run".into(),
+                    "--target".into(),
+                    "not a url".into(),
+                    "--selector".into(),
+                    "x_total".into(),
+                ],
+                "`target`",
+            ),
+            (
+                vec![
+                    "run".into(),
+                    "--target".into(),
+                    "http://127.0.0.1:1/".into(),
+                    "--selector".into(),
+                    "x{a=~\"(\"}".into(),
+                ],
+                "`selector`",
+            ),
+            (
+                vec![
+                    "check-config".into(),
+                    "--config".into(),
+                    unknown.display().to_string(),
+                ],
+                "scrape_intervall",
+            ),
+            (
+                vec![
+                    "check-config".into(),
+                    "--config".into(),
+                    timeout.display().to_string(),
+                ],
+                "`scrape_timeout`",
+            ),
+            (
+                vec!["run".into(), "--no-such-flag".into()],
+                "--no-such-flag",
+            ),
+            (
+                vec![
+                    "check-config".into(),
+                    "--config".into(),
+                    dir.join("missing.yaml").display().to_string(),
+                ],
+                "missing.yaml",
+            ),
         ]
     };
     for (args, needle) in cases {
-        let out = flowcast().args(&args).stdin(Stdio::null()).output().expect("runs");
+        let out = flowcast()
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(needle), "{args:?}: stderr does not name {needle}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: stderr does not name {needle}: {stderr}"
+        );
     }
     // Flags beat the environment, which beats the file.
     let file = dir.join("ok.yaml");
-    std::fs::write(&file, "target: http://127.0.0.1:1/metrics\nselector: x_total\nmc_passes: 0\n").expect("write");
-    let out = flowcast().args(["check-config", "--config"]).arg(&file).output().expect("runs");
-    assert_eq!(out.status.code(), Some(2), "the file's mc_passes 0 is invalid");
-    let out = flowcast().args(["check-config", "--config"]).arg(&file).env("FLOWCAST_MC_PASSES", "10").output().expect("runs");
-    assert_eq!(out.status.code(), Some(0), "env overrides the file: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &file,
+        "target: http://127.0.0.1:1/metrics\nselector: x_total\nmc_passes: 0\n",
+    )
+    .expect("write");
+    let out = flowcast()
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the file's mc_passes 0 is invalid"
+    );
+    let out = flowcast()
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("FLOWCAST_MC_PASSES", "10")
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "env overrides the file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = flowcast()
         .args(["check-config", "--mc-passes", "0", "--config"])
         .arg(&file)
@@ -218,16 +369,25 @@ async fn demo_serves_ready_forecasts_within_20_seconds() {
             .lines()
             .take(20)
             .map_while(Result::ok)
-            .find_map(|l| l.split_whitespace().find(|w| w.ends_with("/metrics") && !l.contains("synthetic")).map(str::to_owned))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.ends_with("/metrics") && !l.contains("synthetic"))
+                    .map(str::to_owned)
+            })
     })
     .await
     .expect("reader")
     .expect("the demo prints its metrics URL");
     let mut ready_samples = None;
     while started.elapsed() < Duration::from_secs(20) {
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), reqwest::get(&metrics_url)).await {
+        if let Ok(Ok(r)) =
+            tokio::time::timeout(Duration::from_secs(2), reqwest::get(&metrics_url)).await
+        {
             let samples = read_metrics(&r.text().await.unwrap_or_default());
-            let ready = samples.iter().filter(|s| s.name == "flowcast_ready" && s.value == 1.0).count();
+            let ready = samples
+                .iter()
+                .filter(|s| s.name == "flowcast_ready" && s.value == 1.0)
+                .count();
             if ready >= 2 {
                 ready_samples = Some(samples);
                 break;
@@ -239,10 +399,15 @@ async fn demo_serves_ready_forecasts_within_20_seconds() {
     for route in ["/api/orders", "/api/search"] {
         for h in HORIZONS {
             let l = [("series", "demo"), ("route", route), ("horizon", h)];
-            let lower = value(&samples, "flowcast_forecast_lower_requests_per_second", &l).expect("lower");
+            let lower =
+                value(&samples, "flowcast_forecast_lower_requests_per_second", &l).expect("lower");
             let mean = value(&samples, "flowcast_forecast_requests_per_second", &l).expect("mean");
-            let upper = value(&samples, "flowcast_forecast_upper_requests_per_second", &l).expect("upper");
-            assert!(0.0 <= lower && lower <= mean && mean <= upper && upper > lower, "{route} {h}: {lower} {mean} {upper}");
+            let upper =
+                value(&samples, "flowcast_forecast_upper_requests_per_second", &l).expect("upper");
+            assert!(
+                0.0 <= lower && lower <= mean && mean <= upper && upper > lower,
+                "{route} {h}: {lower} {mean} {upper}"
+            );
         }
     }
     drop(child);

@@ -23,19 +23,26 @@ pub struct FakeApp {
 
 impl FakeApp {
     pub async fn start(initial: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake app");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake app");
         let addr = listener.local_addr().expect("addr");
         let body = Arc::new(Mutex::new(initial.to_string()));
         let served = Arc::clone(&body);
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { break };
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
                 let served = Arc::clone(&served);
                 let service = hyper::service::service_fn(move |_req| {
                     let text = served.lock().expect("lock").clone();
                     async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text)))) }
                 });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
             }
         });
         Self { addr, body }
@@ -52,7 +59,10 @@ impl FakeApp {
 
 /// GET over loopback with a timeout: (status, content type, body).
 pub async fn get(url: &str) -> (u16, String, String) {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
     let r = client.get(url).send().await.expect("request");
     let status = r.status().as_u16();
     let ct = r
@@ -78,7 +88,11 @@ pub fn read_metrics(text: &str) -> Vec<Scraped> {
     exposition::parse(text.as_bytes(), Format::Text004, |s| {
         out.push(Scraped {
             name: s.name.to_string(),
-            labels: s.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             value: s.value,
         })
     })
@@ -93,7 +107,9 @@ pub fn value(samples: &[Scraped], name: &str, labels: &[(&str, &str)]) -> Option
         .find(|s| {
             s.name == name
                 && s.labels.len() == labels.len()
-                && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
         .map(|s| s.value)
 }
