@@ -213,8 +213,8 @@ impl Metrics {
             "Samples whose series was refused because --max-series was reached.",
         )?;
         let counter_resets = counter(
-            "counter_resets_total",
-            "Counter resets seen in the selected counters.",
+            "source_resets_total",
+            "Resets seen in the selected counters (a value went down).",
         )?;
         let mc_passes = int_gauge("mc_passes", "Monte-Carlo dropout passes per forecast.")?;
         let series_count = int_gauge("series", "Series currently held.")?;

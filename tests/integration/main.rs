@@ -422,3 +422,76 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// `promtool check metrics` (Prometheus's own linter) finds nothing to report on the
+/// demo's `/metrics`. Needs Debian's `prometheus` package (installed by .ci/run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_finds_no_problem_in_the_exposition() {
+    let Some(promtool) = support::tool("promtool") else {
+        return;
+    };
+    let mut child = ChildGuard(
+        flowcast()
+            .args(["demo", "--listen", "127.0.0.1:0", "--duration", "60s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("demo starts"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let url = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(20)
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.ends_with("/metrics") && !l.contains("synthetic"))
+                    .map(str::to_owned)
+            })
+    })
+    .await
+    .expect("reader")
+    .expect("metrics URL");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (_, _, body) = get(&url).await;
+        if body.contains("flowcast_forecast_upper_requests_per_second{")
+            && body.contains("flowcast_band_coverage_ratio")
+        {
+            break body;
+        }
+        if Instant::now() > deadline {
+            // Coverage appears once a step has been judged; forecasts are enough to lint.
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        body.contains("flowcast_forecast_upper_requests_per_second{"),
+        "{body}"
+    );
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    {
+        use std::io::Write as _;
+        let mut stdin = check.stdin.take().expect("stdin");
+        stdin.write_all(body.as_bytes()).expect("write");
+    }
+    let out = check.wait_with_output().expect("promtool finishes");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics reported:\n{report}"
+    );
+    drop(child);
+}

@@ -113,3 +113,21 @@ pub fn value(samples: &[Scraped], name: &str, labels: &[(&str, &str)]) -> Option
         })
         .map(|s| s.value)
 }
+
+/// The path of an external tool, or `None` (with a note) when it is not installed. With
+/// `FLOWCAST_REQUIRE_TOOLS=1` (set by .ci/run) a missing tool fails the test instead.
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("FLOWCAST_REQUIRE_TOOLS").is_none(),
+            "{name} is required (FLOWCAST_REQUIRE_TOOLS is set) but not on PATH"
+        );
+        eprintln!("note: {name} is not installed; skipping (apt-get install prometheus)");
+    }
+    found
+}
