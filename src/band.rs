@@ -14,10 +14,15 @@ use crate::model::{CalibrationPrior, PassOutputs};
 
 /// Nominal two-sided miss rate of the band (a 95 % band).
 pub const ALPHA: f64 = 0.05;
-/// Weight of the card's prior, in observations per (hour, horizon) bucket.
-const PRIOR_WEIGHT: f64 = 12.0;
-/// Forgetting factor of a bucket's error mean per observation (~ a week of one hour's
-/// five-minute steps).
+/// Weight of the card's prior in the series-wide error mean, in observations: the training
+/// data's error level is a poor guess for a service it never saw, so it fades within hours.
+const PRIOR_WEIGHT: f64 = 6.0;
+/// Forgetting factor of the series-wide error mean per observation (~ a day of steps).
+const GLOBAL_DECAY: f64 = 0.995;
+/// Weight of the series-wide mean in each hour's estimate, in observations: an hour with
+/// few errors of its own leans on the whole series.
+const HOUR_SHRINK: f64 = 6.0;
+/// Forgetting factor of an hour bucket per observation (~ a week of that hour's steps).
 const U3_DECAY: f64 = 0.99;
 /// Largest |z error| one observation contributes to u3 (a 20x miss), so that one outage does
 /// not widen the band for days.
@@ -116,6 +121,8 @@ pub struct Judgement {
 #[derive(Debug, Clone)]
 pub struct Calibrator {
     mode: BandMode,
+    global_sum: [f64; HORIZON_STEPS],
+    global_weight: [f64; HORIZON_STEPS],
     u3_sum: [[f64; 24]; HORIZON_STEPS],
     u3_weight: [[f64; 24]; HORIZON_STEPS],
     k_upper: [f64; HORIZON_STEPS],
@@ -128,18 +135,10 @@ pub struct Calibrator {
 impl Calibrator {
     /// A calibrator starting from the model card's prior.
     pub fn new(prior: &CalibrationPrior, mode: BandMode) -> Self {
-        let mut u3_sum = [[0.0; 24]; HORIZON_STEPS];
-        for (h, row) in u3_sum.iter_mut().enumerate() {
-            for (hour, v) in row.iter_mut().enumerate() {
-                *v = PRIOR_WEIGHT
-                    * prior
-                        .u3_sq_by_hour
-                        .get(h)
-                        .and_then(|r| r.get(hour))
-                        .copied()
-                        .unwrap_or(0.0);
-            }
-        }
+        let global_sum = std::array::from_fn(|h| {
+            let hours = prior.u3_sq_by_hour.get(h).map_or(&[][..], Vec::as_slice);
+            PRIOR_WEIGHT * hours.iter().sum::<f64>() / hours.len().max(1) as f64
+        });
         let pick = |v: &[f64]| -> [f64; HORIZON_STEPS] {
             std::array::from_fn(|h| {
                 v.get(h)
@@ -150,8 +149,10 @@ impl Calibrator {
         };
         Self {
             mode,
-            u3_sum,
-            u3_weight: [[PRIOR_WEIGHT; 24]; HORIZON_STEPS],
+            global_sum,
+            global_weight: [PRIOR_WEIGHT; HORIZON_STEPS],
+            u3_sum: [[0.0; 24]; HORIZON_STEPS],
+            u3_weight: [[0.0; 24]; HORIZON_STEPS],
             k_upper: pick(&prior.k_upper),
             k_lower: pick(&prior.k_lower),
             pending: [None; PENDING],
@@ -160,10 +161,12 @@ impl Calibrator {
         }
     }
 
-    /// u3² for horizon `h` (0-based) of a target window starting at `t`.
+    /// u3² for horizon `h` (0-based) of a target window starting at `t`: the hour's own
+    /// mean squared error, shrunk towards the series-wide one (which starts at the prior).
     fn u3_sq(&self, h: usize, t: i64) -> f64 {
         let hour = features::hour_of_day(t);
-        self.u3_sum[h][hour] / self.u3_weight[h][hour]
+        let global = self.global_sum[h] / self.global_weight[h];
+        (self.u3_sum[h][hour] + HOUR_SHRINK * global) / (self.u3_weight[h][hour] + HOUR_SHRINK)
     }
 
     /// Turns the model's outputs at `origin` into a band, and remembers it for scoring.
@@ -252,6 +255,8 @@ impl Calibrator {
             let e = error.clamp(-U3_ERROR_CAP, U3_ERROR_CAP);
             self.u3_sum[h][hour] = U3_DECAY * self.u3_sum[h][hour] + e * e;
             self.u3_weight[h][hour] = U3_DECAY * self.u3_weight[h][hour] + 1.0;
+            self.global_sum[h] = GLOBAL_DECAY * self.global_sum[h] + e * e;
+            self.global_weight[h] = GLOBAL_DECAY * self.global_weight[h] + 1.0;
             // Adaptive conformal inference: each side's multiplier moves up by
             // K_STEP·(1 − α/2) on a miss and down by K_STEP·α/2 otherwise, so its long-run
             // miss rate is α/2.
@@ -421,12 +426,13 @@ mod tests {
             cal.u3_sq(0, 86_400 * 40 + 23 * 3600 + 300) > 1.0,
             "same hour on another day"
         );
+        let calm = cal.u3_sq(0, 3600);
+        assert!(calm < 0.2, "calm hour stays calm: {calm}");
+        let untouched = cal.u3_sq(0, 12 * 3600);
         assert!(
-            cal.u3_sq(0, 3600) < 0.01,
-            "calm hour stays calm: {}",
-            cal.u3_sq(0, 3600)
+            untouched > calm && untouched < cal.u3_sq(0, 23 * 3600),
+            "an hour without errors of its own leans on the series: {untouched}"
         );
-        assert!(cal.u3_sq(0, 0) > 0.009, "untouched hour keeps its prior");
     }
 
     #[test]

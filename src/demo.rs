@@ -151,13 +151,18 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Res
     let mut sidecar = Sidecar::new(&config, model)?;
     seed_history(&mut sidecar, now);
     let app = tokio::spawn(serve_app(app_listener, from, shutdown.clone()));
-    println!("flowcast demo");
-    println!("  synthetic app:  http://{app_addr}/metrics");
-    println!("  web page:       http://{listen}/");
-    println!("  metrics:        http://{listen}/metrics");
-    println!("  forecast JSON:  http://{listen}/api/v1/forecast");
-    println!("  health:         http://{listen}/healthz  http://{listen}/readyz");
-    println!("forecasts for horizons 5m, 10m and 15m are ready within seconds; Ctrl-C stops.");
+    // A closed stdout (a pipe whose reader went away) must not stop the demo.
+    let banner = format!(
+        "flowcast demo\n  synthetic app:  http://{app_addr}/metrics\n  web page:       http://{listen}/\n  \
+         metrics:        http://{listen}/metrics\n  forecast JSON:  http://{listen}/api/v1/forecast\n  \
+         health:         http://{listen}/healthz  http://{listen}/readyz\n\
+         forecasts for horizons 5m, 10m and 15m are ready within seconds; Ctrl-C stops.\n"
+    );
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    }
     sidecar.run(listener, shutdown).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), app).await;
     Ok(())

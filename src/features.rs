@@ -47,10 +47,13 @@ pub enum NotReady {
 }
 
 /// Builds the model input for the window of `steps` (oldest first, `None` = hole) that
-/// ends at `origin` (unix seconds).
+/// ends at `origin` (unix seconds). `zero_scale` is the scale used when every present step
+/// is zero: the training contract uses [`ZERO_SCALE_FALLBACK`]; the live engine passes the
+/// series' last positive scale, so a quiet spell keeps the series' own units.
 pub fn model_input(
     steps: &[Option<f64>; WINDOW_STEPS],
     origin: i64,
+    zero_scale: f64,
 ) -> Result<ModelInput, NotReady> {
     let present: Vec<f64> = steps.iter().flatten().copied().collect();
     if present.len() < MIN_PRESENT_STEPS {
@@ -63,11 +66,7 @@ pub fn model_input(
         return Err(NotReady::Stale);
     }
     let mean = present.iter().sum::<f64>() / present.len() as f64;
-    let scale = if mean > 0.0 {
-        mean
-    } else {
-        ZERO_SCALE_FALLBACK
-    };
+    let scale = if mean > 0.0 { mean } else { zero_scale };
     let first_z = steps
         .iter()
         .flatten()
@@ -141,14 +140,20 @@ mod tests {
         for v in s.iter_mut().take(WINDOW_STEPS - MIN_PRESENT_STEPS + 1) {
             *v = None;
         }
-        assert_eq!(model_input(&s, 0), Err(NotReady::TooFewSteps));
+        assert_eq!(
+            model_input(&s, 0, ZERO_SCALE_FALLBACK),
+            Err(NotReady::TooFewSteps)
+        );
         let mut s = full(1.0);
         for v in s.iter_mut().skip(WINDOW_STEPS - RECENT_STEPS) {
             *v = None;
         }
-        assert_eq!(model_input(&s, 0), Err(NotReady::Stale));
+        assert_eq!(
+            model_input(&s, 0, ZERO_SCALE_FALLBACK),
+            Err(NotReady::Stale)
+        );
         s[WINDOW_STEPS - 1] = Some(2.0);
-        assert!(model_input(&s, 0).is_ok());
+        assert!(model_input(&s, 0, ZERO_SCALE_FALLBACK).is_ok());
     }
 
     #[test]
@@ -163,8 +168,8 @@ mod tests {
         }
         let b = a.map(|v| v.map(|v| v * 1000.0));
         let (ia, ib) = (
-            model_input(&a, 3600).expect("ready"),
-            model_input(&b, 3600).expect("ready"),
+            model_input(&a, 3600, ZERO_SCALE_FALLBACK).expect("ready"),
+            model_input(&b, 3600, ZERO_SCALE_FALLBACK).expect("ready"),
         );
         assert!((ib.scale / ia.scale - 1000.0).abs() < 1e-9);
         assert_eq!(ia.x, ib.x);
@@ -177,7 +182,7 @@ mod tests {
         s[0] = None;
         s[10] = None;
         s[9] = Some(6.0);
-        let i = model_input(&s, 0).expect("ready");
+        let i = model_input(&s, 0, ZERO_SCALE_FALLBACK).expect("ready");
         assert_eq!(i.x[0][1], 0.0);
         assert_eq!(
             i.x[0][0], i.x[1][0],
@@ -190,7 +195,7 @@ mod tests {
 
     #[test]
     fn all_zero_windows_use_the_fallback_scale() {
-        let i = model_input(&full(0.0), 0).expect("ready");
+        let i = model_input(&full(0.0), 0, ZERO_SCALE_FALLBACK).expect("ready");
         assert_eq!(i.scale, ZERO_SCALE_FALLBACK);
         assert!(i.x.iter().all(|r| r[0] == 0.0));
         assert_eq!(from_z(-5.0, 3.0), 0.0, "never negative");
@@ -239,7 +244,7 @@ mod golden {
         for case in &golden.feature_cases {
             let steps: [Option<f64>; WINDOW_STEPS] =
                 case.steps.clone().try_into().expect("36 steps");
-            let Ok(input) = model_input(&steps, case.origin) else {
+            let Ok(input) = model_input(&steps, case.origin, ZERO_SCALE_FALLBACK) else {
                 assert!(
                     !case.ready,
                     "{}: the script found this window ready",

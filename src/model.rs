@@ -199,8 +199,9 @@ impl Model {
             card,
         };
         // A model with NaN weights loads fine and fails here, at start, not at the first tick.
-        let probe = crate::features::model_input(&[Some(1.0); WINDOW_STEPS], 0)
-            .map_err(|e| ModelError::Run(format!("probe window not ready: {e:?}")))?;
+        let probe =
+            crate::features::model_input(&[Some(1.0); WINDOW_STEPS], 0, ZERO_SCALE_FALLBACK)
+                .map_err(|e| ModelError::Run(format!("probe window not ready: {e:?}")))?;
         this.predict(std::slice::from_ref(&probe), &[0], 2)?;
         Ok(this)
     }
@@ -579,7 +580,8 @@ mod tests {
         let model = Model::embedded().expect("loads");
         let steps: [Option<f64>; WINDOW_STEPS] =
             std::array::from_fn(|k| Some(10.0 + (k % 5) as f64));
-        let input = crate::features::model_input(&steps, 86_400 * 30).expect("ready");
+        let input =
+            crate::features::model_input(&steps, 86_400 * 30, ZERO_SCALE_FALLBACK).expect("ready");
         let a = model
             .predict(std::slice::from_ref(&input), &[7], 30)
             .expect("runs");

@@ -127,6 +127,8 @@ pub struct Engine {
     set: SeriesSet,
     calibrators: Vec<Calibrator>,
     judgements: Vec<Option<Judgement>>,
+    /// Per series, the last positive window scale: the unit of an all-zero window.
+    zero_scales: Vec<f64>,
 }
 
 impl Engine {
@@ -138,6 +140,7 @@ impl Engine {
             settings,
             calibrators: Vec::new(),
             judgements: Vec::new(),
+            zero_scales: Vec::new(),
         }
     }
 
@@ -184,20 +187,27 @@ impl Engine {
     pub fn prepare(&mut self, origin: i64) -> Prepared {
         let origin = origin.div_euclid(MINUTE_SECONDS) * MINUTE_SECONDS;
         self.set.flush_until(origin as f64);
+        self.zero_scales
+            .resize(self.set.series().len(), features::ZERO_SCALE_FALLBACK);
         let views = self
             .set
             .series()
             .iter()
+            .zip(self.zero_scales.iter_mut())
             .enumerate()
-            .map(|(index, series)| {
+            .map(|(index, (series, zero_scale))| {
                 let mut steps = [None; WINDOW_STEPS];
                 series.ring.step_values(origin, &mut steps);
+                let input = features::model_input(&steps, origin, *zero_scale);
+                if let Ok(i) = &input {
+                    *zero_scale = i.scale;
+                }
                 SeriesView {
                     index,
                     key: series.key.clone(),
                     steps,
                     history_seconds: (series.ring.present_minutes() as i64 * MINUTE_SECONDS) as f64,
-                    input: features::model_input(&steps, origin),
+                    input,
                 }
             })
             .collect();

@@ -363,21 +363,7 @@ async fn demo_serves_ready_forecasts_within_20_seconds() {
             .spawn()
             .expect("demo starts"),
     );
-    let stdout = child.0.stdout.take().expect("stdout");
-    let metrics_url = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .take(20)
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.split_whitespace()
-                    .find(|w| w.ends_with("/metrics") && !l.contains("synthetic"))
-                    .map(str::to_owned)
-            })
-    })
-    .await
-    .expect("reader")
-    .expect("the demo prints its metrics URL");
+    let metrics_url = demo_metrics_url(&mut child).await;
     let mut ready_samples = None;
     while started.elapsed() < Duration::from_secs(20) {
         if let Ok(Ok(r)) =
@@ -413,6 +399,29 @@ async fn demo_serves_ready_forecasts_within_20_seconds() {
     drop(child);
 }
 
+/// Reads the demo's banner for its /metrics URL, then keeps draining its stdout so the
+/// demo never writes into a closed pipe.
+async fn demo_metrics_url(child: &mut ChildGuard) -> String {
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let url = line
+                .split_whitespace()
+                .find(|w| w.ends_with("/metrics") && !line.contains("synthetic"))
+                .map(str::to_owned);
+            if let Some(tx) = url.is_some().then(|| tx.take()).flatten() {
+                let _ = tx.send(url.unwrap_or_default());
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("the demo prints its banner within 20 s")
+        .expect("the demo prints its metrics URL")
+}
+
 /// Kills (by PID, via the handle) the child this test started, whatever the outcome.
 struct ChildGuard(std::process::Child);
 
@@ -438,21 +447,7 @@ async fn promtool_finds_no_problem_in_the_exposition() {
             .spawn()
             .expect("demo starts"),
     );
-    let stdout = child.0.stdout.take().expect("stdout");
-    let url = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .take(20)
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.split_whitespace()
-                    .find(|w| w.ends_with("/metrics") && !l.contains("synthetic"))
-                    .map(str::to_owned)
-            })
-    })
-    .await
-    .expect("reader")
-    .expect("metrics URL");
+    let url = demo_metrics_url(&mut child).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
         let (_, _, body) = get(&url).await;
