@@ -261,26 +261,20 @@ fn chart(steps: &[Option<f64>], forecast: Option<&crate::band::Forecast>) -> Str
         let last = steps.len().saturating_sub(1);
         let mut band = String::new();
         let start = steps.last().copied().flatten();
-        let upper: Vec<(f64, f64)> = start
-            .map(|v| (x(last), y(v)))
-            .into_iter()
-            .chain(
-                f.horizons
-                    .iter()
-                    .enumerate()
-                    .map(|(h, i)| (x(steps.len() + h), y(i.upper))),
-            )
-            .collect();
-        let lower: Vec<(f64, f64)> = start
-            .map(|v| (x(last), y(v)))
-            .into_iter()
-            .chain(
-                f.horizons
-                    .iter()
-                    .enumerate()
-                    .map(|(h, i)| (x(steps.len() + h), y(i.lower))),
-            )
-            .collect();
+        // The band starts at the newest observation and fans out over the horizons.
+        let edge = |bound: fn(&crate::band::Interval) -> f64| -> Vec<(f64, f64)> {
+            start
+                .map(|v| (x(last), y(v)))
+                .into_iter()
+                .chain(
+                    f.horizons
+                        .iter()
+                        .enumerate()
+                        .map(|(h, i)| (x(steps.len() + h), y(bound(i)))),
+                )
+                .collect()
+        };
+        let (upper, lower) = (edge(|i| i.upper), edge(|i| i.lower));
         for (i, (px, py)) in upper.iter().chain(lower.iter().rev()).enumerate() {
             let _ = write!(band, "{}{px:.1},{py:.1} ", if i == 0 { "M" } else { "L" });
         }

@@ -355,15 +355,7 @@ fn bad_flags_and_configs_exit_2_naming_the_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_ready_forecasts_within_20_seconds() {
     let started = Instant::now();
-    let mut child = ChildGuard(
-        flowcast()
-            .args(["demo", "--listen", "127.0.0.1:0", "--duration", "60s"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("demo starts"),
-    );
-    let metrics_url = demo_metrics_url(&mut child).await;
+    let (child, metrics_url) = start_demo().await;
     let mut ready_samples = None;
     while started.elapsed() < Duration::from_secs(20) {
         if let Ok(Ok(r)) =
@@ -399,9 +391,18 @@ async fn demo_serves_ready_forecasts_within_20_seconds() {
     drop(child);
 }
 
-/// Reads the demo's banner for its /metrics URL, then keeps draining its stdout so the
-/// demo never writes into a closed pipe.
-async fn demo_metrics_url(child: &mut ChildGuard) -> String {
+/// Starts `flowcast demo` on an ephemeral loopback port and returns it with its /metrics
+/// URL, read from the banner. Its stdout keeps being drained so the demo never writes into
+/// a closed pipe.
+async fn start_demo() -> (ChildGuard, String) {
+    let mut child = ChildGuard(
+        flowcast()
+            .args(["demo", "--listen", "127.0.0.1:0", "--duration", "60s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("demo starts"),
+    );
     let stdout = child.0.stdout.take().expect("stdout");
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
@@ -416,10 +417,11 @@ async fn demo_metrics_url(child: &mut ChildGuard) -> String {
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(20), rx)
+    let url = tokio::time::timeout(Duration::from_secs(20), rx)
         .await
         .expect("the demo prints its banner within 20 s")
-        .expect("the demo prints its metrics URL")
+        .expect("the demo prints its metrics URL");
+    (child, url)
 }
 
 /// Kills (by PID, via the handle) the child this test started, whatever the outcome.
@@ -439,15 +441,7 @@ async fn promtool_finds_no_problem_in_the_exposition() {
     let Some(promtool) = support::tool("promtool") else {
         return;
     };
-    let mut child = ChildGuard(
-        flowcast()
-            .args(["demo", "--listen", "127.0.0.1:0", "--duration", "60s"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("demo starts"),
-    );
-    let url = demo_metrics_url(&mut child).await;
+    let (child, url) = start_demo().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
         let (_, _, body) = get(&url).await;
