@@ -164,4 +164,10 @@ pub struct BacktestArgs {
     /// Seconds after the first timestamp whose origins are not scored (as score.py).
     #[arg(long, default_value_t = 259_200)]
     pub warmup_seconds: i64,
+    /// An ONNX model to use instead of the embedded one (with --model-card).
+    #[arg(long, requires = "model_card")]
+    pub model: Option<PathBuf>,
+    /// The card of `--model`.
+    #[arg(long, requires = "model")]
+    pub model_card: Option<PathBuf>,
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use flowcast::cli::{Cli, Command};
+use flowcast::config::ModelSource;
 use flowcast::{backtest, demo, sidecar};
 use tokio_util::sync::CancellationToken;
 
@@ -85,7 +86,14 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 )));
             }
             let series = backtest::read_series(&args.data, args.step).map_err(usage)?;
-            let model = Arc::new(flowcast::model::Model::embedded().map_err(runtime)?);
+            let source = match (&args.model, &args.model_card) {
+                (Some(model), Some(card)) => ModelSource::Files {
+                    model: model.clone(),
+                    card: card.clone(),
+                },
+                _ => ModelSource::Embedded,
+            };
+            let model = Arc::new(sidecar::load_model(&source).map_err(usage)?);
             let started = std::time::Instant::now();
             let settings = backtest::Settings {
                 seed: args.seed,
