@@ -87,7 +87,7 @@ pub struct Forecast {
     pub horizons: [Interval; HORIZON_STEPS],
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Pending {
     origin: i64,
     scale: f64,
@@ -98,7 +98,7 @@ struct Pending {
 }
 
 /// Rolling quality of the band at one horizon.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rolling {
     /// Exponentially weighted share of targets inside the band.
     pub coverage: Option<f64>,
@@ -109,7 +109,7 @@ pub struct Rolling {
 }
 
 /// What the latest observed step says about the forecast made for it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Judgement {
     /// (observed − forecast) / σ, in z-space.
     pub anomaly_score: f64,
@@ -117,8 +117,10 @@ pub struct Judgement {
     pub out_of_band: bool,
 }
 
-/// The online calibration state of one series.
-#[derive(Debug, Clone)]
+/// The online calibration state of one series. Serialisable so that `--state-dir`
+/// snapshots keep what a series has learnt across restarts; [`Calibrator::check`] vets a
+/// restored one.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Calibrator {
     mode: BandMode,
     global_sum: [f64; HORIZON_STEPS],
@@ -302,6 +304,55 @@ impl Calibrator {
     /// The current multipliers (lower, upper) per horizon.
     pub fn multipliers(&self) -> [(f64, f64); HORIZON_STEPS] {
         std::array::from_fn(|h| (self.k_lower[h], self.k_upper[h]))
+    }
+
+    /// The band mode this calibrator was built for.
+    pub fn mode(&self) -> BandMode {
+        self.mode
+    }
+
+    /// Checks a calibrator read from outside (a snapshot): every number finite and in the
+    /// range this module itself keeps it in. Returns the first problem found.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let finite_non_negative = |v: f64| v.is_finite() && v >= 0.0;
+        for h in 0..HORIZON_STEPS {
+            let weight = self.global_weight[h];
+            if !(finite_non_negative(self.global_sum[h]) && weight > 0.0 && weight.is_finite()) {
+                return Err("series-wide error mean out of range");
+            }
+            if !self.u3_sum[h]
+                .iter()
+                .chain(&self.u3_weight[h])
+                .all(|&v| finite_non_negative(v))
+            {
+                return Err("hourly error mean out of range");
+            }
+            let k_ok = |k: f64| (K_RANGE.0..=K_RANGE.1).contains(&k);
+            if !k_ok(self.k_upper[h]) || !k_ok(self.k_lower[h]) {
+                return Err("band multiplier out of range");
+            }
+            let r = &self.rolling[h];
+            let unit = |v: Option<f64>| v.is_none_or(|v| (0.0..=1.0).contains(&v));
+            if !unit(r.coverage)
+                || !r.error_ratio.is_none_or(finite_non_negative)
+                || !finite_non_negative(r.abs_error)
+                || !finite_non_negative(r.observed)
+            {
+                return Err("rolling quality out of range");
+            }
+        }
+        for p in self.pending.iter().flatten() {
+            // Bounds in req/s may overflow to +inf for an absurd z; NaN never.
+            let mut req_s = p
+                .mean
+                .iter()
+                .chain(p.bounds.iter().flat_map(|(a, b)| [a, b]));
+            let z_finite = p.mean_z.iter().chain(&p.sigma_z).all(|v| v.is_finite());
+            if !(p.scale.is_finite() && p.scale > 0.0 && z_finite) || req_s.any(|v| v.is_nan()) {
+                return Err("pending forecast out of range");
+            }
+        }
+        Ok(())
     }
 }
 

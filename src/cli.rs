@@ -73,6 +73,12 @@ pub struct RunArgs {
     /// Directory for state snapshots.
     #[arg(long, env = "FLOWCAST_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// How often to snapshot into --state-dir, e.g. 5m.
+    #[arg(long, env = "FLOWCAST_SNAPSHOT_INTERVAL")]
+    pub snapshot_interval: Option<String>,
+    /// Deadline of a graceful shutdown, e.g. 5s.
+    #[arg(long, env = "FLOWCAST_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
     /// Address to listen on, e.g. 0.0.0.0:9464.
     #[arg(long, env = "FLOWCAST_LISTEN")]
     pub listen: Option<String>,
@@ -116,6 +122,8 @@ impl RunArgs {
             max_series: self.max_series,
             max_body_bytes: self.max_body_bytes,
             state_dir: self.state_dir.clone(),
+            snapshot_interval: self.snapshot_interval.clone(),
+            shutdown_grace: self.shutdown_grace.clone(),
             listen: self.listen.clone(),
             model: self.model.clone(),
             model_card: self.model_card.clone(),

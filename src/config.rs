@@ -45,8 +45,15 @@ pub struct FileConfig {
     pub max_series: Option<usize>,
     /// Largest scrape body read, in bytes; a larger body fails the scrape. Default: 16 MiB.
     pub max_body_bytes: Option<usize>,
-    /// Directory for state snapshots (history and calibration); none by default.
+    /// Directory for state snapshots (history and calibration), created if missing; a
+    /// restarted sidecar restores them and forecasts at once. None by default.
     pub state_dir: Option<PathBuf>,
+    /// How often to snapshot into `state_dir` (humantime; 10s to 1h); one more snapshot is
+    /// written on shutdown. Default: `5m`.
+    pub snapshot_interval: Option<String>,
+    /// Longest a shutdown (SIGTERM/SIGINT) may take: stop, snapshot, drain in-flight
+    /// requests, exit 0 (humantime; 1s to 5m). Default: `5s`.
+    pub shutdown_grace: Option<String>,
     /// Address to serve /metrics and the other endpoints on. Default: `127.0.0.1:9464`.
     pub listen: Option<String>,
     /// Path of a user ONNX model of the same contract; default: the embedded model.
@@ -100,6 +107,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Snapshot directory.
     pub state_dir: Option<PathBuf>,
+    /// Snapshot period.
+    pub snapshot_interval: Duration,
+    /// Shutdown deadline.
+    pub shutdown_grace: Duration,
     /// Listen address.
     pub listen: SocketAddr,
     /// Model source.
@@ -183,6 +194,8 @@ impl FileConfig {
             max_series: over.max_series.or(self.max_series),
             max_body_bytes: over.max_body_bytes.or(self.max_body_bytes),
             state_dir: over.state_dir.or(self.state_dir),
+            snapshot_interval: over.snapshot_interval.or(self.snapshot_interval),
+            shutdown_grace: over.shutdown_grace.or(self.shutdown_grace),
             listen: over.listen.or(self.listen),
             model: over.model.or(self.model),
             model_card: over.model_card.or(self.model_card),
@@ -288,6 +301,31 @@ impl FileConfig {
         if !(1024..=(1 << 30)).contains(&max_body_bytes) {
             return Err(invalid("max_body_bytes", "must be between 1 KiB and 1 GiB"));
         }
+        let snapshot_interval = duration(
+            "snapshot_interval",
+            self.snapshot_interval.as_deref(),
+            Duration::from_secs(300),
+        )?;
+        if snapshot_interval < Duration::from_secs(10)
+            || snapshot_interval > Duration::from_secs(3600)
+        {
+            return Err(invalid("snapshot_interval", "must be between 10s and 1h"));
+        }
+        let shutdown_grace = duration(
+            "shutdown_grace",
+            self.shutdown_grace.as_deref(),
+            Duration::from_secs(5),
+        )?;
+        if shutdown_grace < Duration::from_secs(1) || shutdown_grace > Duration::from_secs(300) {
+            return Err(invalid("shutdown_grace", "must be between 1s and 5m"));
+        }
+        if self
+            .state_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(invalid("state_dir", "must not be empty"));
+        }
         let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:9464".to_string());
         let listen: SocketAddr = listen_text.parse().map_err(|e| {
             invalid(
@@ -335,6 +373,8 @@ impl FileConfig {
             max_series,
             max_body_bytes,
             state_dir: self.state_dir,
+            snapshot_interval,
+            shutdown_grace,
             listen,
             model,
             seed: self.seed.unwrap_or(0),

@@ -42,6 +42,32 @@ impl MinuteRing {
         }
     }
 
+    /// The ring's contents for a snapshot: the newest minute and every slot, raw.
+    pub fn to_parts(&self) -> (Option<i64>, Vec<f32>) {
+        (self.newest, self.rates.to_vec())
+    }
+
+    /// Rebuilds a ring from [`MinuteRing::to_parts`]; refuses a wrong length, a value that
+    /// [`MinuteRing::record`] would refuse, or data in a ring with no newest minute.
+    pub fn from_parts(newest: Option<i64>, rates: Vec<f32>) -> Result<Self, &'static str> {
+        if rates.len() != RING_MINUTES {
+            return Err("ring has the wrong length");
+        }
+        if rates.iter().any(|r| r.is_infinite() || *r < 0.0) {
+            return Err("ring holds a negative or infinite rate");
+        }
+        if newest.is_none() && rates.iter().any(|r| !r.is_nan()) {
+            return Err("ring holds rates but no newest minute");
+        }
+        if newest.is_some_and(|m| m.checked_add(RING_MINUTES as i64).is_none() || m < 0) {
+            return Err("ring's newest minute is out of range");
+        }
+        Ok(Self {
+            rates: rates.into_boxed_slice(),
+            newest,
+        })
+    }
+
     /// Records the rate of unix minute `minute`. Returns `false` (and changes nothing) when
     /// the minute is older than the ring holds or the rate is not a finite non-negative
     /// number.

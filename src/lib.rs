@@ -12,7 +12,7 @@
 //! Modules: [`config`] and [`cli`] parse settings at the edge; [`scrape`] fetches;
 //! [`exposition`] parses; [`history`] keeps fixed-size per-series state; [`features`] owns
 //! the model contract; [`model`] is the only module that imports tract; [`band`] turns
-//! model outputs into calibrated intervals; [`pipeline`] runs a tick; [`metrics`] names
+//! model outputs into calibrated intervals; [`pipeline`] runs a tick; [`state`] snapshots what it learnt; [`metrics`] names
 //! every metric; [`server`] serves them; [`sidecar`], [`demo`] and [`backtest`] are drivers.
 
 pub mod backtest;
@@ -29,3 +29,4 @@ pub mod pipeline;
 pub mod scrape;
 pub mod server;
 pub mod sidecar;
+pub mod state;

@@ -76,6 +76,12 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// Time from a request to the /metrics answer, by endpoint.
     pub http_duration: HistogramVec,
+    /// Snapshot writes that failed and snapshot reads that were ignored, by reason.
+    pub state_failures: IntCounterVec,
+    /// Unix time of the last snapshot written.
+    pub last_snapshot: prometheus::Gauge,
+    /// Series restored from the snapshot at start.
+    pub restored_series: IntGauge,
 }
 
 impl Metrics {
@@ -207,6 +213,20 @@ impl Metrics {
             "Forecast ticks that failed, by reason.",
             &["reason"],
         )?;
+        let state_failures = counter_vec(
+            "state_failures_total",
+            "Snapshot writes that failed (reason=write) and snapshots ignored at start (corrupt, version, foreign, io).",
+            &["reason"],
+        )?;
+        let restored_series = int_gauge(
+            "state_restored_series",
+            "Series restored from the --state-dir snapshot at start.",
+        )?;
+        let last_snapshot = prometheus::Gauge::with_opts(Opts::new(
+            name("state_last_snapshot_timestamp_seconds"),
+            "Unix time at which the last --state-dir snapshot was written.",
+        ))?;
+        registry.register(Box::new(last_snapshot.clone()))?;
         let scrapes = counter("scrapes_total", "Scrapes of the target attempted.")?;
         let series_dropped = counter(
             "series_dropped_total",
@@ -258,6 +278,9 @@ impl Metrics {
             last_tick,
             tick_failures,
             build_info,
+            state_failures,
+            last_snapshot,
+            restored_series,
             http_duration,
         })
     }

@@ -150,6 +150,7 @@ pub struct Model {
     card: ModelCard,
     mask_width: usize,
     keep: f64,
+    fingerprint: u32,
 }
 
 /// Largest batch (series × passes) run in one tract call; bigger ticks are split so that
@@ -192,11 +193,15 @@ impl Model {
             .and_then(|m| m.into_runnable())
             .map_err(|e| ModelError::Load(format!("{e:#}")))?;
         let keep = 1.0 - card.dropout.rate;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(onnx);
+        hasher.update(card_json.as_bytes());
         let this = Self {
             plan,
             mask_width: card.dropout.mask_width,
             keep,
             card,
+            fingerprint: hasher.finalize(),
         };
         // A model with NaN weights loads fine and fails here, at start, not at the first tick.
         let probe =
@@ -209,6 +214,12 @@ impl Model {
     /// The model card.
     pub fn card(&self) -> &ModelCard {
         &self.card
+    }
+
+    /// A checksum of the ONNX file and its card: state learnt with one model is never
+    /// restored into another (see [`crate::state`]).
+    pub fn fingerprint(&self) -> u32 {
+        self.fingerprint
     }
 
     /// Runs the deterministic pass and `passes` Monte-Carlo passes for every input in one

@@ -9,15 +9,16 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, ModelSource};
 use crate::history::SeriesLimits;
 use crate::metrics::{Metrics, MetricsError};
 use crate::model::{Model, ModelError};
-use crate::pipeline::{self, Engine, EngineSettings, LoopSettings, Shared};
+use crate::pipeline::{self, Engine, EngineSettings, LoopSettings, Shared, StateSettings};
 use crate::scrape::{ScrapeError, Scraper};
 use crate::server::{self, ServerLimits};
+use crate::state::{self, StateError};
 
 /// Errors that stop the sidecar from starting.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,7 @@ pub struct Sidecar {
     pub shared: Arc<Shared>,
     scraper: Scraper,
     loop_settings: LoopSettings,
+    shutdown_grace: std::time::Duration,
 }
 
 impl Sidecar {
@@ -61,7 +63,7 @@ impl Sidecar {
             // A scrape gap longer than 4 intervals (or 2 minutes) is a hole, not a rate.
             max_gap_seconds: (config.scrape_interval.as_secs_f64() * 4.0).max(120.0),
         };
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             model,
             EngineSettings {
                 mc_passes: config.mc_passes,
@@ -80,6 +82,14 @@ impl Sidecar {
             config.series_name.clone(),
             config.by.clone(),
         ));
+        let state = config.state_dir.as_ref().map(|dir| StateSettings {
+            dir: dir.clone(),
+            interval: config.snapshot_interval,
+            identity: state::identity(&config.selector.to_string(), &config.by, config.band),
+        });
+        if let Some(settings) = &state {
+            restore(&mut engine, settings, config.by.len(), &shared);
+        }
         Ok(Self {
             engine,
             shared,
@@ -89,20 +99,31 @@ impl Sidecar {
                 forecast_interval: config.forecast_interval,
                 selector: config.selector.clone(),
                 by: config.by.clone(),
+                state,
             },
+            shutdown_grace: config.shutdown_grace,
         })
     }
 
     /// Serves on `listener` and runs the pipeline until `shutdown` is cancelled.
+    ///
+    /// Shutdown, all within the configured grace: the pipeline stops (a tick in flight is
+    /// abandoned), `/readyz` turns 503, the state is snapshotted, and the server drains
+    /// in-flight requests.
     pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
+        let grace = self.shutdown_grace;
         let server = tokio::spawn(server::serve(
             listener,
             Arc::clone(&self.shared),
-            ServerLimits::default(),
+            ServerLimits {
+                drain: grace,
+                ..ServerLimits::default()
+            },
             shutdown.clone(),
         ));
         let shared = Arc::clone(&self.shared);
-        let _engine = pipeline::run(
+        let state = self.loop_settings.state.clone();
+        let engine = pipeline::run(
             self.engine,
             self.scraper,
             self.loop_settings,
@@ -110,11 +131,71 @@ impl Sidecar {
             shutdown,
         )
         .await;
+        let deadline = tokio::time::Instant::now() + grace;
         shared
             .ready
             .store(false, std::sync::atomic::Ordering::Release);
+        if let Some(settings) = &state {
+            let save = pipeline::save_state(&engine, settings, &shared);
+            match tokio::time::timeout_at(deadline, save).await {
+                Ok(true) => info!(dir = %settings.dir.display(), "state saved"),
+                Ok(false) => {}
+                Err(_) => warn!("the shutdown snapshot did not finish within the grace"),
+            }
+        }
         info!("pipeline stopped, draining the server");
-        let _ = server.await;
+        if tokio::time::timeout_at(deadline, server).await.is_err() {
+            warn!("the server did not drain within the grace");
+        }
+    }
+}
+
+/// Restores the snapshot in `settings.dir` into an empty engine; any problem is logged and
+/// counted and the sidecar starts empty (SPEC.md: never fatal).
+fn restore(engine: &mut Engine, settings: &StateSettings, key_len: usize, shared: &Shared) {
+    if let Err(e) = std::fs::create_dir_all(&settings.dir) {
+        shared
+            .metrics
+            .state_failures
+            .with_label_values(&["io"])
+            .inc();
+        warn!(dir = %settings.dir.display(), error = %e, "cannot create the state directory");
+        return;
+    }
+    let snapshot = match state::read(
+        &settings.dir,
+        engine.model().fingerprint(),
+        &settings.identity,
+    ) {
+        Ok(s) => s,
+        Err(StateError::Missing(path)) => {
+            info!(path = %path.display(), "no state snapshot yet; starting empty");
+            return;
+        }
+        Err(e) => {
+            shared
+                .metrics
+                .state_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+            warn!(error = %e, "ignoring the state snapshot; starting empty");
+            return;
+        }
+    };
+    let age = pipeline::now_unix() - snapshot.saved_at;
+    match engine.restore(snapshot, key_len) {
+        Ok(n) => {
+            shared.metrics.restored_series.set(n as i64);
+            info!(series = n, age_seconds = age.round(), "state restored");
+        }
+        Err(reason) => {
+            shared
+                .metrics
+                .state_failures
+                .with_label_values(&["corrupt"])
+                .inc();
+            warn!(%reason, "ignoring the state snapshot; starting empty");
+        }
     }
 }
 

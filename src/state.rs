@@ -1,0 +1,422 @@
+//! Snapshots of what the sidecar has learnt (`--state-dir`, SPEC.md "State"): every
+//! series' ring of minute rates and its online calibration, so a restarted sidecar serves
+//! forecasts at once instead of after three hours.
+//!
+//! Owns the file format and its safety rules, nothing else:
+//!
+//! * **Format**: `FLOWCAST` magic, a format version, a CRC-32 and the length of the payload,
+//!   then the payload (postcard-encoded [`Snapshot`]). Little-endian throughout.
+//! * **Atomic writes**: the snapshot is written to a temporary file in the same directory,
+//!   fsynced, renamed over the previous one, and the directory is fsynced. A crash at any
+//!   point leaves either the old snapshot or the new one, never a mixture.
+//! * **Never fatal on read**: a missing, unreadable, truncated, corrupt, foreign-version,
+//!   other-model or other-config snapshot is a [`StateError`] that the caller logs before
+//!   starting empty.
+//!
+//! The engine turns itself into a [`Snapshot`] and back (`Engine::snapshot`,
+//! `Engine::restore`); this module only checks identity and bytes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::band::{Calibrator, Judgement};
+
+/// The snapshot's file name inside the state directory.
+pub const FILE_NAME: &str = "flowcast.state";
+/// The file format version written by this build.
+pub const VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"FLOWCAST";
+const HEADER_LEN: usize = 8 + 4 + 4 + 8;
+/// Largest payload read back: far above 10,000 series (about 2 KiB each), far below
+/// anything that could exhaust memory.
+pub const MAX_PAYLOAD_BYTES: u64 = 256 << 20;
+
+/// Environment variable of a scripted fault for tests: pause this many milliseconds after
+/// writing half of the temporary file, so a test can kill the process mid-write.
+pub const FAULT_PAUSE_ENV: &str = "FLOWCAST_FAULT_SNAPSHOT_PAUSE_MS";
+
+/// Everything a snapshot holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`crate::model::Model::fingerprint`] of the model that learnt this state.
+    pub model: u32,
+    /// What the series mean: see [`identity`].
+    pub config: String,
+    /// Unix seconds when the snapshot was taken.
+    pub saved_at: f64,
+    /// One entry per series.
+    pub series: Vec<SeriesState>,
+}
+
+/// One series' history and calibration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeriesState {
+    /// The `by` label values.
+    pub key: Vec<String>,
+    /// The ring's newest minute.
+    pub newest_minute: Option<i64>,
+    /// The ring's slots, raw (NaN = hole).
+    pub rates: Vec<f32>,
+    /// The last positive window scale.
+    pub zero_scale: f64,
+    /// The online calibration, once the series has had a forecast.
+    pub calibrator: Option<Calibrator>,
+    /// The latest judgement (anomaly score, out of band), if any.
+    pub judgement: Option<Judgement>,
+}
+
+/// The identity of a configuration's series: a snapshot taken with another selector,
+/// other `by` labels or another band mode holds numbers that mean something else.
+pub fn identity(selector: &str, by: &[String], band: crate::band::BandMode) -> String {
+    format!("selector={selector};by={};band={band:?}", by.join(","))
+}
+
+/// Why a snapshot could not be written or was not restored.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No snapshot yet (a first start): not a problem.
+    #[error("no snapshot at {0}")]
+    Missing(PathBuf),
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The bytes are not a readable snapshot (truncated, corrupt, not ours).
+    #[error("{path}: not a usable snapshot: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Written by another format version.
+    #[error("{path}: snapshot format version {found}, this build reads {VERSION}")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+    },
+    /// Learnt with another model or another configuration.
+    #[error("{path}: snapshot belongs to {what} ({found}), not this one ({expected})")]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// `model` or `config`.
+        what: &'static str,
+        /// The snapshot's value.
+        found: String,
+        /// This process's value.
+        expected: String,
+    },
+}
+
+impl StateError {
+    /// A short label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StateError::Missing(_) => "missing",
+            StateError::Io { .. } => "io",
+            StateError::Corrupt { .. } => "corrupt",
+            StateError::Version { .. } => "version",
+            StateError::Foreign { .. } => "foreign",
+        }
+    }
+}
+
+/// The snapshot file of a state directory.
+pub fn path_in(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+/// Encodes a snapshot into the file format.
+pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
+    // Encoding plain data into a Vec cannot fail; an empty payload would be refused on read.
+    let payload = postcard::to_stdvec(snapshot).unwrap_or_default();
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Decodes the file format (the identity is checked by [`read`]).
+pub fn decode(bytes: &[u8], path: &Path) -> Result<Snapshot, StateError> {
+    let corrupt = |reason: &str| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if bytes.len() < HEADER_LEN {
+        return Err(corrupt("shorter than the header"));
+    }
+    let (header, payload) = bytes.split_at(HEADER_LEN);
+    if &header[..8] != MAGIC {
+        return Err(corrupt("no flowcast magic"));
+    }
+    let word = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let version = word(8);
+    if version != VERSION {
+        return Err(StateError::Version {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    let crc = word(12);
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&header[16..24]);
+    let len = u64::from_le_bytes(len);
+    if len != payload.len() as u64 {
+        return Err(corrupt(&format!(
+            "payload is {} bytes, header says {len} (truncated?)",
+            payload.len()
+        )));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    postcard::from_bytes(payload).map_err(|e| corrupt(&format!("cannot decode: {e}")))
+}
+
+/// Reads the snapshot in `dir` and checks that it was learnt by this model and config.
+pub fn read(dir: &Path, model: u32, config: &str) -> Result<Snapshot, StateError> {
+    let path = path_in(dir);
+    let io = |source| StateError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StateError::Missing(path));
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let size = file.metadata().map_err(io)?.len();
+    if size > MAX_PAYLOAD_BYTES + HEADER_LEN as u64 {
+        return Err(StateError::Corrupt {
+            path,
+            reason: format!("{size} bytes is larger than any snapshot this build writes"),
+        });
+    }
+    let bytes = fs::read(&path).map_err(io)?;
+    let snapshot = decode(&bytes, &path)?;
+    if snapshot.model != model {
+        return Err(StateError::Foreign {
+            path,
+            what: "model",
+            found: format!("{:08x}", snapshot.model),
+            expected: format!("{model:08x}"),
+        });
+    }
+    if snapshot.config != config {
+        return Err(StateError::Foreign {
+            path,
+            what: "config",
+            found: snapshot.config,
+            expected: config.to_string(),
+        });
+    }
+    Ok(snapshot)
+}
+
+/// Writes `snapshot` into `dir` atomically (temporary file, fsync, rename, fsync of the
+/// directory). Blocking: call it from a blocking thread. Returns the bytes written.
+pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<usize, StateError> {
+    let bytes = encode(snapshot);
+    let path = path_in(dir);
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| StateError::Io { path: p, source }
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    match fault_pause() {
+        Some(pause) => {
+            let half = bytes.len() / 2;
+            file.write_all(&bytes[..half]).map_err(io(&tmp))?;
+            file.flush().map_err(io(&tmp))?;
+            std::thread::sleep(pause);
+            file.write_all(&bytes[half..]).map_err(io(&tmp))?;
+        }
+        None => file.write_all(&bytes).map_err(io(&tmp))?,
+    }
+    file.sync_all().map_err(io(&tmp))?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    // The rename is durable only once the directory entry is; not every platform can open
+    // a directory for syncing, and the data itself is already safe, so this is best effort.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(bytes.len())
+}
+
+fn fault_pause() -> Option<std::time::Duration> {
+    std::env::var(FAULT_PAUSE_ENV)
+        .ok()?
+        .parse()
+        .ok()
+        .map(std::time::Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::band::BandMode;
+    use crate::history::RING_MINUTES;
+    use proptest::prelude::*;
+
+    fn sample() -> Snapshot {
+        let mut rates = vec![f32::NAN; RING_MINUTES];
+        rates[3] = 12.5;
+        rates[4] = 0.0;
+        Snapshot {
+            model: 0xDEAD_BEEF,
+            config: identity(
+                "http_requests_total",
+                &["route".into()],
+                BandMode::Calibrated,
+            ),
+            saved_at: 1.7e9,
+            series: vec![SeriesState {
+                key: vec!["/api/\"orders\"\n".into()],
+                newest_minute: Some(28_000_000),
+                rates,
+                zero_scale: 3.5,
+                calibrator: None,
+                judgement: None,
+            }],
+        }
+    }
+
+    fn same(a: &Snapshot, b: &Snapshot) -> bool {
+        // NaN != NaN, so compare encodings.
+        postcard::to_stdvec(a).ok() == postcard::to_stdvec(b).ok()
+    }
+
+    #[test]
+    fn round_trips_through_a_directory() {
+        let dir = tempdir();
+        let s = sample();
+        write(&dir, &s).expect("writes");
+        let back = read(&dir, s.model, &s.config).expect("reads");
+        assert!(same(&s, &back));
+        assert!(!dir.join(format!("{FILE_NAME}.tmp")).exists());
+    }
+
+    #[test]
+    fn refuses_other_model_config_version_and_damage() {
+        let dir = tempdir();
+        let s = sample();
+        write(&dir, &s).expect("writes");
+        let e = read(&dir, s.model ^ 1, &s.config).expect_err("other model");
+        assert!(
+            matches!(e, StateError::Foreign { what: "model", .. }),
+            "{e}"
+        );
+        let e = read(&dir, s.model, "selector=x;by=;band=Calibrated").expect_err("other config");
+        assert!(
+            matches!(e, StateError::Foreign { what: "config", .. }),
+            "{e}"
+        );
+
+        let path = path_in(&dir);
+        let good = fs::read(&path).expect("read");
+        let mut version = good.clone();
+        version[8] = 9;
+        fs::write(&path, &version).expect("write");
+        assert_eq!(
+            read(&dir, s.model, &s.config).expect_err("v9").reason(),
+            "version"
+        );
+
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        fs::write(&path, &flipped).expect("write");
+        let e = read(&dir, s.model, &s.config).expect_err("flipped");
+        assert!(e.to_string().contains("checksum"), "{e}");
+
+        fs::write(&path, &good[..good.len() - 7]).expect("write");
+        let e = read(&dir, s.model, &s.config).expect_err("truncated");
+        assert!(e.to_string().contains("truncated"), "{e}");
+
+        fs::write(&path, b"{\"series\": []}").expect("write");
+        assert_eq!(
+            read(&dir, s.model, &s.config).expect_err("json").reason(),
+            "corrupt"
+        );
+
+        fs::remove_file(&path).expect("rm");
+        assert_eq!(
+            read(&dir, s.model, &s.config).expect_err("gone").reason(),
+            "missing"
+        );
+    }
+
+    #[test]
+    fn a_leftover_temporary_file_does_not_hide_the_snapshot() {
+        // What a crash mid-write leaves behind: a partial temporary file beside the last
+        // complete snapshot. The complete one is read; the next write replaces both.
+        let dir = tempdir();
+        let s = sample();
+        write(&dir, &s).expect("writes");
+        let partial = encode(&s);
+        fs::write(
+            dir.join(format!("{FILE_NAME}.tmp")),
+            &partial[..partial.len() / 2],
+        )
+        .expect("write");
+        assert!(read(&dir, s.model, &s.config).is_ok());
+        write(&dir, &s).expect("writes over the leftover");
+        assert!(!dir.join(format!("{FILE_NAME}.tmp")).exists());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn random_and_mutated_bytes_never_panic(
+            noise in proptest::collection::vec(any::<u8>(), 0..512),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in any::<usize>(),
+        ) {
+            let p = Path::new("x");
+            let _ = decode(&noise, p);
+            let mut bytes = encode(&sample());
+            for (at, v) in flips {
+                let n = bytes.len();
+                bytes[at % n] ^= v;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            let _ = decode(&bytes, p);
+        }
+    }
+
+    fn tempdir() -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "flowcast-state-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+}
