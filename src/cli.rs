@@ -172,6 +172,9 @@ pub struct BacktestArgs {
     /// Seconds after the first timestamp whose origins are not scored (as score.py).
     #[arg(long, default_value_t = 259_200)]
     pub warmup_seconds: i64,
+    /// Threads for inference (default: all cores); the output does not depend on it.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
     /// An ONNX model to use instead of the embedded one (with --model-card).
     #[arg(long, requires = "model_card")]
     pub model: Option<PathBuf>,

@@ -99,6 +99,9 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 seed: args.seed,
                 mc_passes: args.mc_passes,
                 band: args.band,
+                threads: args.threads.map(usize::from).unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+                }),
             };
             let rows = backtest::run(&series, model, settings).map_err(runtime)?;
             backtest::write_rows(&args.out, &rows).map_err(runtime)?;

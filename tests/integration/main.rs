@@ -1,6 +1,7 @@
 //! Integration tests: the real entry points over loopback, the real binary, the real model.
 
 mod restarts;
+mod robustness;
 mod support;
 
 use std::io::{BufRead, BufReader};
