@@ -34,69 +34,16 @@ pub enum Command {
     CheckConfig(RunArgs),
 }
 
-/// Settings of `run` (and `check-config`).
+/// Settings of `run` (and `check-config`): the configuration file and, over it, every
+/// key of [`FileConfig`] as a flag or environment variable.
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
     /// YAML configuration file; flags and environment variables override its keys.
     #[arg(long, env = "FLOWCAST_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Metrics endpoint of the application to scrape.
-    #[arg(long, env = "FLOWCAST_TARGET")]
-    pub target: Option<String>,
-    /// PromQL-style counter selector, e.g. 'http_requests_total{code!~"5.."}'.
-    #[arg(long, env = "FLOWCAST_SELECTOR")]
-    pub selector: Option<String>,
-    /// Keep this label as a separate series (repeatable; comma-separated in the env var).
-    #[arg(long, env = "FLOWCAST_BY", value_delimiter = ',')]
-    pub by: Vec<String>,
-    /// Value of the `series` label.
-    #[arg(long, env = "FLOWCAST_SERIES_NAME")]
-    pub series_name: Option<String>,
-    /// Scrape period, e.g. 15s.
-    #[arg(long, env = "FLOWCAST_SCRAPE_INTERVAL")]
-    pub scrape_interval: Option<String>,
-    /// Scrape timeout (shorter than the interval).
-    #[arg(long, env = "FLOWCAST_SCRAPE_TIMEOUT")]
-    pub scrape_timeout: Option<String>,
-    /// Forecast period, e.g. 60s.
-    #[arg(long, env = "FLOWCAST_FORECAST_INTERVAL")]
-    pub forecast_interval: Option<String>,
-    /// Monte-Carlo dropout passes per forecast.
-    #[arg(long, env = "FLOWCAST_MC_PASSES")]
-    pub mc_passes: Option<usize>,
-    /// Most series kept.
-    #[arg(long, env = "FLOWCAST_MAX_SERIES")]
-    pub max_series: Option<usize>,
-    /// Largest scrape body in bytes.
-    #[arg(long, env = "FLOWCAST_MAX_BODY_BYTES")]
-    pub max_body_bytes: Option<usize>,
-    /// Directory for state snapshots.
-    #[arg(long, env = "FLOWCAST_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// How often to snapshot into --state-dir, e.g. 5m.
-    #[arg(long, env = "FLOWCAST_SNAPSHOT_INTERVAL")]
-    pub snapshot_interval: Option<String>,
-    /// Deadline of a graceful shutdown, e.g. 5s.
-    #[arg(long, env = "FLOWCAST_SHUTDOWN_GRACE")]
-    pub shutdown_grace: Option<String>,
-    /// Address to listen on, e.g. 0.0.0.0:9464.
-    #[arg(long, env = "FLOWCAST_LISTEN")]
-    pub listen: Option<String>,
-    /// A user ONNX model (with --model-card).
-    #[arg(long, env = "FLOWCAST_MODEL")]
-    pub model: Option<PathBuf>,
-    /// The user model's card.
-    #[arg(long, env = "FLOWCAST_MODEL_CARD")]
-    pub model_card: Option<PathBuf>,
-    /// Seed of the Monte-Carlo dropout masks.
-    #[arg(long, env = "FLOWCAST_SEED")]
-    pub seed: Option<u64>,
-    /// Prefix of exported metric names.
-    #[arg(long, env = "FLOWCAST_METRIC_PREFIX")]
-    pub metric_prefix: Option<String>,
-    /// Band: calibrated (default), un3 or un2.
-    #[arg(long, env = "FLOWCAST_BAND")]
-    pub band: Option<String>,
+    /// Every configuration key.
+    #[command(flatten)]
+    pub settings: FileConfig,
 }
 
 impl RunArgs {
@@ -106,31 +53,7 @@ impl RunArgs {
             Some(path) => config::read_file(path)?,
             None => FileConfig::default(),
         };
-        file.overlay(self.as_file_config()).validate()
-    }
-
-    fn as_file_config(&self) -> FileConfig {
-        FileConfig {
-            target: self.target.clone(),
-            selector: self.selector.clone(),
-            by: (!self.by.is_empty()).then(|| self.by.clone()),
-            series_name: self.series_name.clone(),
-            scrape_interval: self.scrape_interval.clone(),
-            scrape_timeout: self.scrape_timeout.clone(),
-            forecast_interval: self.forecast_interval.clone(),
-            mc_passes: self.mc_passes,
-            max_series: self.max_series,
-            max_body_bytes: self.max_body_bytes,
-            state_dir: self.state_dir.clone(),
-            snapshot_interval: self.snapshot_interval.clone(),
-            shutdown_grace: self.shutdown_grace.clone(),
-            listen: self.listen.clone(),
-            model: self.model.clone(),
-            model_card: self.model_card.clone(),
-            seed: self.seed,
-            metric_prefix: self.metric_prefix.clone(),
-            band: self.band.clone(),
-        }
+        file.overlay(self.settings.clone()).validate()
     }
 }
 

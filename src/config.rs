@@ -10,62 +10,196 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::band::BandMode;
 use crate::exposition::Selector;
 use crate::metrics::RESERVED_LABELS;
+use crate::scrape::HttpAuth;
 
-/// The configuration file (`--config flowcast.yaml`). Every key is optional here; `target`
-/// and `selector` must come from the file, a flag or the environment. Unknown keys are an
-/// error.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// The configuration file (`--config flowcast.yaml`), and the same keys as `run` flags
+/// (`--scrape-interval`) and environment variables (`FLOWCAST_SCRAPE_INTERVAL`). Every key
+/// is optional here; the source's keys must come from the file, a flag or the environment.
+/// Unknown keys are an error. The doc comments are the reference documentation (and the
+/// flags' help).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// Where the request rates come from: `scrape` (default: the app's metrics endpoint)
+    /// or `prometheus` (a PromQL query against a Prometheus API: the service forecaster).
+    #[arg(long, env = "FLOWCAST_SOURCE")]
+    pub source: Option<String>,
     /// URL of the application's metrics endpoint to scrape (http or https).
+    #[arg(long, env = "FLOWCAST_TARGET")]
     pub target: Option<String>,
     /// PromQL-style selector of the request counters, e.g.
     /// `http_requests_total{job="api",code!~"5.."}`; matching samples are summed.
+    #[arg(long, env = "FLOWCAST_SELECTOR")]
     pub selector: Option<String>,
     /// Labels to keep as separate series (like PromQL `sum by (...)`); empty sums all.
+    /// Repeat the flag, or comma-separate in the environment variable.
+    #[arg(long, env = "FLOWCAST_BY", value_delimiter = ',')]
     pub by: Option<Vec<String>>,
     /// Value of the `series` label on every exported gauge. Default: `requests`.
+    #[arg(long, env = "FLOWCAST_SERIES_NAME")]
     pub series_name: Option<String>,
-    /// How often to scrape the target (humantime, e.g. `15s`). Default: `15s`.
+    /// How often to scrape the target or query Prometheus (humantime, e.g. `15s`).
+    /// Default: `15s`.
+    #[arg(long, env = "FLOWCAST_SCRAPE_INTERVAL")]
     pub scrape_interval: Option<String>,
-    /// Timeout of one scrape; must be shorter than `scrape_interval`. Default: 80 % of it.
+    /// Timeout of one scrape or query; must be shorter than `scrape_interval`. Default: 80 %
+    /// of it.
+    #[arg(long, env = "FLOWCAST_SCRAPE_TIMEOUT")]
     pub scrape_timeout: Option<String>,
+    /// A file holding a bearer token for the target (re-read on every scrape).
+    #[arg(long, env = "FLOWCAST_TARGET_BEARER_TOKEN_FILE")]
+    pub target_bearer_token_file: Option<PathBuf>,
+    /// Basic-auth user name for the target (with `target_basic_auth_password_file`).
+    #[arg(long, env = "FLOWCAST_TARGET_BASIC_AUTH_USER")]
+    pub target_basic_auth_user: Option<String>,
+    /// A file holding the target's basic-auth password (re-read on every scrape).
+    #[arg(long, env = "FLOWCAST_TARGET_BASIC_AUTH_PASSWORD_FILE")]
+    pub target_basic_auth_password_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for an https target.
+    #[arg(long, env = "FLOWCAST_TARGET_CA_FILE")]
+    pub target_ca_file: Option<PathBuf>,
+    /// Base URL of a Prometheus-compatible HTTP API (e.g. `http://prometheus:9090`), for
+    /// `source: prometheus` and the default of `backfill_url`.
+    #[arg(long, env = "FLOWCAST_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// The PromQL query of `source: prometheus`, giving requests per second, e.g.
+    /// `sum(rate(http_requests_total{job="api"}[1m]))`; its result series are kept apart
+    /// by the `by` labels (summed otherwise).
+    #[arg(long, env = "FLOWCAST_QUERY")]
+    pub query: Option<String>,
+    /// A file holding a bearer token for the Prometheus API (re-read on every query).
+    #[arg(long, env = "FLOWCAST_PROMETHEUS_BEARER_TOKEN_FILE")]
+    pub prometheus_bearer_token_file: Option<PathBuf>,
+    /// Basic-auth user name for the Prometheus API.
+    #[arg(long, env = "FLOWCAST_PROMETHEUS_BASIC_AUTH_USER")]
+    pub prometheus_basic_auth_user: Option<String>,
+    /// A file holding the Prometheus API's basic-auth password.
+    #[arg(long, env = "FLOWCAST_PROMETHEUS_BASIC_AUTH_PASSWORD_FILE")]
+    pub prometheus_basic_auth_password_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for an https Prometheus API.
+    #[arg(long, env = "FLOWCAST_PROMETHEUS_CA_FILE")]
+    pub prometheus_ca_file: Option<PathBuf>,
+    /// Prometheus API to backfill the last 4 hours from on start (`/api/v1/query_range`),
+    /// so a new replica forecasts at once. Default: `prometheus_url` with
+    /// `source: prometheus`, none with `source: scrape`. Uses the `prometheus_*` credentials.
+    #[arg(long, env = "FLOWCAST_BACKFILL_URL")]
+    pub backfill_url: Option<String>,
+    /// The PromQL query that gives the same series as the source, in requests per second,
+    /// e.g. `sum by (route) (rate(http_requests_total{pod="api-0"}[1m]))`. Required for a
+    /// backfill with `source: scrape`; default `query` with `source: prometheus`.
+    #[arg(long, env = "FLOWCAST_BACKFILL_QUERY")]
+    pub backfill_query: Option<String>,
     /// How often to forecast (humantime). Default: `60s`.
+    #[arg(long, env = "FLOWCAST_FORECAST_INTERVAL")]
     pub forecast_interval: Option<String>,
     /// Monte-Carlo dropout passes per forecast (1..=1000). Default: 100.
+    #[arg(long, env = "FLOWCAST_MC_PASSES")]
     pub mc_passes: Option<usize>,
     /// Most series kept (distinct `by` label values); the rest are counted as dropped.
     /// Default: 100.
+    #[arg(long, env = "FLOWCAST_MAX_SERIES")]
     pub max_series: Option<usize>,
-    /// Largest scrape body read, in bytes; a larger body fails the scrape. Default: 16 MiB.
+    /// Largest scrape or API body read, in bytes; a larger body fails. Default: 16 MiB.
+    #[arg(long, env = "FLOWCAST_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// Directory for state snapshots (history and calibration), created if missing; a
     /// restarted sidecar restores them and forecasts at once. None by default.
+    #[arg(long, env = "FLOWCAST_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// How often to snapshot into `state_dir` (humantime; 10s to 1h); one more snapshot is
     /// written on shutdown. Default: `5m`.
+    #[arg(long, env = "FLOWCAST_SNAPSHOT_INTERVAL")]
     pub snapshot_interval: Option<String>,
     /// Longest a shutdown (SIGTERM/SIGINT) may take: stop, snapshot, drain in-flight
     /// requests, exit 0 (humantime; 1s to 5m). Default: `5s`.
+    #[arg(long, env = "FLOWCAST_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Name of the app's request-latency histogram in seconds (scrape source), e.g.
+    /// `http_request_duration_seconds`: enables `flowcast_forecast_concurrency_upper`
+    /// (Little's law: upper rate × mean latency from the `_sum`/`_count` rates). It is read
+    /// with the selector's label matchers.
+    #[arg(long, env = "FLOWCAST_LATENCY_HISTOGRAM")]
+    pub latency_histogram: Option<String>,
+    /// Requests per second one replica serves at its target load: enables
+    /// `flowcast_recommended_replicas{horizon}` = ceil(upper × (1 + headroom) / capacity).
+    #[arg(long, env = "FLOWCAST_REPLICA_CAPACITY")]
+    pub replica_capacity: Option<f64>,
+    /// Extra share of capacity kept free in `flowcast_recommended_replicas` (0 to 1).
+    /// Default: 0.1.
+    #[arg(long, env = "FLOWCAST_REPLICA_HEADROOM")]
+    pub replica_headroom: Option<f64>,
     /// Address to serve /metrics and the other endpoints on. Default: `127.0.0.1:9464`.
+    #[arg(long, env = "FLOWCAST_LISTEN")]
     pub listen: Option<String>,
     /// Path of a user ONNX model of the same contract; default: the embedded model.
+    #[arg(long, env = "FLOWCAST_MODEL")]
     pub model: Option<PathBuf>,
     /// Path of that model's card (required with `model`).
+    #[arg(long, env = "FLOWCAST_MODEL_CARD")]
     pub model_card: Option<PathBuf>,
     /// Seed of the Monte-Carlo dropout masks. Default: 0.
+    #[arg(long, env = "FLOWCAST_SEED")]
     pub seed: Option<u64>,
     /// Prefix of every exported metric name. Default: `flowcast`.
+    #[arg(long, env = "FLOWCAST_METRIC_PREFIX")]
     pub metric_prefix: Option<String>,
     /// Band: `calibrated` (default), or the study's raw `un3` / `un2` for comparison.
+    #[arg(long, env = "FLOWCAST_BAND")]
     pub band: Option<String>,
+}
+
+/// Where the request rates come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Scrape the app's metrics endpoint and select counters.
+    Scrape {
+        /// Metrics endpoint.
+        target: Url,
+        /// Counter selector.
+        selector: Selector,
+        /// Credentials and CA.
+        auth: HttpAuth,
+    },
+    /// Query a Prometheus API for rates.
+    Prometheus(PromEndpoint),
+}
+
+impl Source {
+    /// What the series mean, for state snapshots and logs (no credentials).
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Scrape { selector, .. } => format!("selector={selector}"),
+            Source::Prometheus(p) => format!("query={}", p.query),
+        }
+    }
+}
+
+/// A Prometheus API and a query of request rates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromEndpoint {
+    /// Base URL of the API.
+    pub url: Url,
+    /// PromQL giving requests per second.
+    pub query: String,
+    /// Credentials and CA.
+    pub auth: HttpAuth,
+}
+
+/// Capacity signals (METHOD.md §6).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Capacity {
+    /// Latency histogram name (without `_sum`/`_count`).
+    pub latency_histogram: Option<String>,
+    /// Requests per second per replica.
+    pub replica_capacity: Option<f64>,
+    /// Share of capacity kept free.
+    pub replica_headroom: f64,
 }
 
 /// Where the model comes from.
@@ -85,10 +219,12 @@ pub enum ModelSource {
 /// The validated settings of `flowcast run`.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Metrics endpoint scraped.
-    pub target: Url,
-    /// Counter selector.
-    pub selector: Selector,
+    /// Where the rates come from.
+    pub source: Source,
+    /// Where to backfill history from on start, if anywhere.
+    pub backfill: Option<PromEndpoint>,
+    /// Little's law and replica recommendations.
+    pub capacity: Capacity,
     /// Labels kept as separate series.
     pub by: Vec<String>,
     /// `series` label value.
@@ -180,53 +316,158 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
 }
 
 impl FileConfig {
-    /// Overlays `over` on `self`: every key set in `over` wins.
-    pub fn overlay(self, over: FileConfig) -> FileConfig {
-        FileConfig {
-            target: over.target.or(self.target),
-            selector: over.selector.or(self.selector),
-            by: over.by.filter(|b| !b.is_empty()).or(self.by),
-            series_name: over.series_name.or(self.series_name),
-            scrape_interval: over.scrape_interval.or(self.scrape_interval),
-            scrape_timeout: over.scrape_timeout.or(self.scrape_timeout),
-            forecast_interval: over.forecast_interval.or(self.forecast_interval),
-            mc_passes: over.mc_passes.or(self.mc_passes),
-            max_series: over.max_series.or(self.max_series),
-            max_body_bytes: over.max_body_bytes.or(self.max_body_bytes),
-            state_dir: over.state_dir.or(self.state_dir),
-            snapshot_interval: over.snapshot_interval.or(self.snapshot_interval),
-            shutdown_grace: over.shutdown_grace.or(self.shutdown_grace),
-            listen: over.listen.or(self.listen),
-            model: over.model.or(self.model),
-            model_card: over.model_card.or(self.model_card),
-            seed: over.seed.or(self.seed),
-            metric_prefix: over.metric_prefix.or(self.metric_prefix),
-            band: over.band.or(self.band),
+    /// Overlays `over` on `self`: every key set in `over` wins (an empty `by` list counts
+    /// as unset).
+    pub fn overlay(self, mut over: FileConfig) -> FileConfig {
+        if over.by.as_ref().is_some_and(Vec::is_empty) {
+            over.by = None;
         }
+        let (Ok(serde_json::Value::Object(mut base)), Ok(serde_json::Value::Object(top))) =
+            (serde_json::to_value(&self), serde_json::to_value(&over))
+        else {
+            return over;
+        };
+        for (key, value) in top {
+            if !value.is_null() {
+                base.insert(key, value);
+            }
+        }
+        // Both sides are FileConfigs, so the merged object always reads back as one.
+        serde_json::from_value(serde_json::Value::Object(base)).unwrap_or(over)
     }
 
     /// Validates every key and applies the defaults.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let target_text = self
-            .target
-            .ok_or_else(|| invalid("target", "is required (the URL of the metrics endpoint)"))?;
-        let target = Url::parse(&target_text)
-            .map_err(|e| invalid("target", format!("{target_text:?} is not a URL: {e}")))?;
-        if !matches!(target.scheme(), "http" | "https") || target.host_str().is_none() {
-            return Err(invalid(
-                "target",
-                format!("{target_text:?} must be an http or https URL with a host"),
-            ));
+        let source_kind = self.source.as_deref().unwrap_or("scrape");
+        let prometheus_auth = auth(
+            "prometheus",
+            self.prometheus_bearer_token_file.clone(),
+            self.prometheus_basic_auth_user.clone(),
+            self.prometheus_basic_auth_password_file.clone(),
+            self.prometheus_ca_file.clone(),
+        )?;
+        let prometheus_url = self
+            .prometheus_url
+            .as_deref()
+            .map(|u| http_url("prometheus_url", u))
+            .transpose()?;
+        let source = match source_kind {
+            "scrape" => {
+                let target_text = self.target.clone().ok_or_else(|| {
+                    invalid("target", "is required (the URL of the metrics endpoint)")
+                })?;
+                let target = http_url("target", &target_text)?;
+                let selector_text = self.selector.clone().ok_or_else(|| {
+                    invalid(
+                        "selector",
+                        "is required, e.g. http_requests_total{job=\"api\"}",
+                    )
+                })?;
+                let selector: Selector = selector_text
+                    .parse()
+                    .map_err(|e| invalid("selector", format!("{selector_text:?}: {e}")))?;
+                let auth = auth(
+                    "target",
+                    self.target_bearer_token_file.clone(),
+                    self.target_basic_auth_user.clone(),
+                    self.target_basic_auth_password_file.clone(),
+                    self.target_ca_file.clone(),
+                )?;
+                Source::Scrape {
+                    target,
+                    selector,
+                    auth,
+                }
+            }
+            "prometheus" => {
+                let url = prometheus_url.clone().ok_or_else(|| {
+                    invalid("prometheus_url", "is required with source: prometheus")
+                })?;
+                let query = non_empty_query("query", self.query.clone())?.ok_or_else(|| {
+                    invalid(
+                        "query",
+                        "is required with source: prometheus, e.g. sum(rate(http_requests_total{job=\"api\"}[1m]))",
+                    )
+                })?;
+                Source::Prometheus(PromEndpoint {
+                    url,
+                    query,
+                    auth: prometheus_auth.clone(),
+                })
+            }
+            other => {
+                return Err(invalid(
+                    "source",
+                    format!("{other:?} is not a source: use scrape or prometheus"),
+                ))
+            }
+        };
+        let backfill_url = match self.backfill_url.as_deref() {
+            Some(u) => Some(http_url("backfill_url", u)?),
+            None if matches!(source, Source::Prometheus(_)) => prometheus_url,
+            None => None,
+        };
+        let backfill_query = match (
+            non_empty_query("backfill_query", self.backfill_query.clone())?,
+            &source,
+        ) {
+            (Some(q), _) => Some(q),
+            (None, Source::Prometheus(p)) => Some(p.query.clone()),
+            (None, Source::Scrape { .. }) => None,
+        };
+        let backfill = match (backfill_url, backfill_query) {
+            (Some(url), Some(query)) => Some(PromEndpoint {
+                url,
+                query,
+                auth: prometheus_auth,
+            }),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "backfill_query",
+                    "is required with backfill_url and source: scrape (a PromQL query giving the same series in req/s, e.g. sum by (route) (rate(http_requests_total{pod=\"api-0\"}[1m])))",
+                ))
+            }
+            (None, Some(_)) if self.backfill_query.is_some() => {
+                return Err(invalid("backfill_url", "is required with backfill_query"))
+            }
+            (None, _) => None,
+        };
+        let latency_histogram = self.latency_histogram.clone();
+        if let Some(name) = &latency_histogram {
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+            if !valid {
+                return Err(invalid(
+                    "latency_histogram",
+                    format!("{name:?} is not a metric name"),
+                ));
+            }
+            if !matches!(source, Source::Scrape { .. }) {
+                return Err(invalid("latency_histogram", "needs source: scrape"));
+            }
         }
-        let selector_text = self.selector.ok_or_else(|| {
-            invalid(
-                "selector",
-                "is required, e.g. http_requests_total{job=\"api\"}",
-            )
-        })?;
-        let selector: Selector = selector_text
-            .parse()
-            .map_err(|e| invalid("selector", format!("{selector_text:?}: {e}")))?;
+        if let Some(c) = self.replica_capacity {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(invalid(
+                    "replica_capacity",
+                    "must be a positive number of req/s",
+                ));
+            }
+        }
+        let replica_headroom = self.replica_headroom.unwrap_or(0.1);
+        if !(0.0..=1.0).contains(&replica_headroom) {
+            return Err(invalid("replica_headroom", "must be between 0 and 1"));
+        }
+        let capacity = Capacity {
+            latency_histogram,
+            replica_capacity: self.replica_capacity,
+            replica_headroom,
+        };
         let by = self.by.unwrap_or_default();
         for (i, label) in by.iter().enumerate() {
             let valid = label
@@ -362,8 +603,9 @@ impl FileConfig {
             Some(b) => b.parse().map_err(|e: String| invalid("band", e))?,
         };
         Ok(Config {
-            target,
-            selector,
+            source,
+            backfill,
+            capacity,
             by,
             series_name,
             scrape_interval,
@@ -382,6 +624,86 @@ impl FileConfig {
             band,
         })
     }
+}
+
+/// An http(s) URL with a host.
+fn http_url(key: &'static str, text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text).map_err(|e| invalid(key, format!("{text:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(
+            key,
+            format!("{text:?} must be an http or https URL with a host"),
+        ));
+    }
+    Ok(url)
+}
+
+fn non_empty_query(key: &'static str, q: Option<String>) -> Result<Option<String>, ConfigError> {
+    match q {
+        Some(q) if q.trim().is_empty() => Err(invalid(key, "must not be empty")),
+        Some(q) if q.len() > 16 * 1024 => Err(invalid(key, "is longer than 16 KiB")),
+        other => Ok(other),
+    }
+}
+
+/// Credentials: every file must be readable now (a typo is a start-up error, exit 2), but
+/// is read again on every request so that rotated secrets are picked up.
+fn auth(
+    prefix: &'static str,
+    bearer_token_file: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+) -> Result<HttpAuth, ConfigError> {
+    let readable = |key: &'static str, path: &Path| {
+        std::fs::metadata(path)
+            .map_err(|e| invalid(key, format!("{}: {e}", path.display())))
+            .and_then(|m| {
+                if m.is_file() {
+                    Ok(())
+                } else {
+                    Err(invalid(key, format!("{} is not a file", path.display())))
+                }
+            })
+    };
+    let key = |name: &str| -> &'static str {
+        match (prefix, name) {
+            ("target", "token") => "target_bearer_token_file",
+            ("target", "user") => "target_basic_auth_user",
+            ("target", "password") => "target_basic_auth_password_file",
+            ("target", _) => "target_ca_file",
+            (_, "token") => "prometheus_bearer_token_file",
+            (_, "user") => "prometheus_basic_auth_user",
+            (_, "password") => "prometheus_basic_auth_password_file",
+            _ => "prometheus_ca_file",
+        }
+    };
+    if let Some(p) = &bearer_token_file {
+        readable(key("token"), p)?;
+    }
+    let basic = match (user, password_file) {
+        (Some(u), Some(p)) => {
+            readable(key("password"), &p)?;
+            Some((u, p))
+        }
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid(key("password"), "is required with the user name")),
+        (None, Some(_)) => return Err(invalid(key("user"), "is required with the password file")),
+    };
+    if bearer_token_file.is_some() && basic.is_some() {
+        return Err(invalid(
+            key("user"),
+            "cannot be combined with a bearer token",
+        ));
+    }
+    if let Some(p) = &ca_file {
+        readable(key("ca"), p)?;
+    }
+    Ok(HttpAuth {
+        bearer_token_file,
+        basic,
+        ca_file,
+    })
 }
 
 fn duration(

@@ -873,6 +873,14 @@ impl MatchKind {
 }
 
 impl Selector {
+    /// The same label matchers on another metric name (e.g. a histogram's `_sum`).
+    pub fn with_metric_name(&self, name: &str) -> Selector {
+        Selector {
+            metric_name: name.to_string(),
+            matchers: self.matchers.clone(),
+        }
+    }
+
     /// The metric name every matching sample must have.
     pub fn metric_name(&self) -> &str {
         &self.metric_name

@@ -269,6 +269,11 @@ impl SeriesSet {
         &mut self.series
     }
 
+    /// The index of the series with this key, if it exists.
+    pub fn find(&self, key: &[String]) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
     /// The index of the series with this key, creating it if the cap allows.
     pub fn series_index(&mut self, key: &[String]) -> Option<usize> {
         if let Some(&i) = self.index.get(key) {

@@ -51,9 +51,8 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             let config = args.to_config().map_err(usage)?;
             let model = sidecar::load_model(&config.model).map_err(usage)?;
             println!(
-                "config ok: target {}, selector {}, model {} inputs checked",
-                config.target,
-                config.selector,
+                "config ok: {}, model {} inputs checked",
+                config.source.describe(),
                 model.card().inputs.len()
             );
             Ok(())
@@ -67,7 +66,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                     .await
                     .map_err(|e| runtime(anyhow::anyhow!("cannot listen on {}: {e}", config.listen)))?;
                 let sidecar = sidecar::Sidecar::new(&config, model).map_err(runtime)?;
-                tracing::info!(listen = %config.listen, target = %config.target, "flowcast started");
+                tracing::info!(listen = %config.listen, source = %config.source.describe(), "flowcast started");
                 sidecar.run(listener, shutdown_on_signal(None)).await;
                 Ok(())
             })

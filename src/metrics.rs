@@ -43,6 +43,8 @@ struct SeriesGauges {
     history: GaugeVec,
     coverage: GaugeVec,
     error: GaugeVec,
+    concurrency: GaugeVec,
+    replicas: GaugeVec,
 }
 
 /// All metrics, registered in one registry.
@@ -82,6 +84,10 @@ pub struct Metrics {
     pub last_snapshot: prometheus::Gauge,
     /// Series restored from the snapshot at start.
     pub restored_series: IntGauge,
+    /// Seconds of history backfilled from Prometheus at start.
+    pub backfilled_seconds: IntCounter,
+    /// Failed backfills by reason.
+    pub backfill_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -157,6 +163,16 @@ impl Metrics {
                 "Share of recent steps that fell inside the band forecast for them (exponentially weighted over about a day).",
                 &horizon_labels,
             )?,
+            concurrency: gauge(
+                "forecast_concurrency_upper",
+                "Little's law on the upper bound: requests in flight = upper rate x the app's mean latency (from its histogram's _sum/_count rates). Needs --latency-histogram.",
+                &horizon_labels,
+            )?,
+            replicas: gauge(
+                "recommended_replicas",
+                "ceil(upper rate x (1 + headroom) / per-replica capacity), at least 1. Needs --replica-capacity.",
+                &horizon_labels,
+            )?,
             error: gauge(
                 "forecast_error_ratio",
                 "Mean absolute forecast error over the mean observed rate (exponentially weighted over about a day).",
@@ -227,7 +243,19 @@ impl Metrics {
             "Unix time at which the last --state-dir snapshot was written.",
         ))?;
         registry.register(Box::new(last_snapshot.clone()))?;
-        let scrapes = counter("scrapes_total", "Scrapes of the target attempted.")?;
+        let backfilled_seconds = counter(
+            "backfilled_history_seconds_total",
+            "Seconds of per-series history filled from Prometheus at start (--backfill-url).",
+        )?;
+        let backfill_failures = counter_vec(
+            "backfill_failures_total",
+            "Backfills from Prometheus that failed, by reason.",
+            &["reason"],
+        )?;
+        let scrapes = counter(
+            "scrapes_total",
+            "Polls of the source attempted (scrapes of the target, or Prometheus queries).",
+        )?;
         let series_dropped = counter(
             "series_dropped_total",
             "Samples whose series was refused because --max-series was reached.",
@@ -281,6 +309,8 @@ impl Metrics {
             state_failures,
             last_snapshot,
             restored_series,
+            backfilled_seconds,
+            backfill_failures,
             http_duration,
         })
     }
@@ -302,12 +332,33 @@ impl Metrics {
         }
     }
 
+    /// Publishes the capacity signals per horizon; `None` removes a gauge.
+    pub fn publish_capacity(
+        &self,
+        series: &[&str],
+        concurrency: [Option<f64>; HORIZON_STEPS],
+        replicas: [Option<f64>; HORIZON_STEPS],
+    ) {
+        for (h, horizon) in HORIZONS.iter().enumerate() {
+            let labels = with(series, &[horizon]);
+            set_or_remove(&self.series.concurrency, &labels, concurrency[h]);
+            set_or_remove(&self.series.replicas, &labels, replicas[h]);
+        }
+    }
+
     /// Removes a series' forecast gauges (it is not ready): they are absent, not zero.
     pub fn clear_forecast(&self, series: &[&str]) {
         let s = &self.series;
         for h in HORIZONS {
             let labels = with(series, &[h]);
-            for g in [&s.mean, &s.lower, &s.upper, &s.stddev] {
+            for g in [
+                &s.mean,
+                &s.lower,
+                &s.upper,
+                &s.stddev,
+                &s.concurrency,
+                &s.replicas,
+            ] {
                 let _ = g.remove_label_values(&labels);
             }
             for c in COMPONENTS {

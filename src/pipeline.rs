@@ -8,8 +8,6 @@
 //! results to the metrics and to the HTTP server through [`Shared`]. No lock is held across
 //! an `.await`.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::band::{BandMode, Calibrator, Forecast, Judgement};
-use crate::exposition::{self, Selector};
-use crate::features::{self, NotReady, WINDOW_STEPS};
+use crate::config::Capacity;
+use crate::features::{self, NotReady, HORIZON_STEPS, WINDOW_STEPS};
 use crate::history::{MinuteRing, SeriesLimits, SeriesSet, MINUTE_SECONDS, STEP_SECONDS};
 use crate::metrics::{Metrics, SeriesStatus, HORIZONS};
 use crate::model::{Model, ModelError, PassOutputs};
-use crate::scrape::{ScrapeError, Scraper};
+use crate::source::{LiveSource, SourceError};
 use crate::state;
 
 /// Settings of the core.
@@ -67,6 +65,8 @@ pub struct SeriesReport {
     pub forecast: Option<Forecast>,
     /// Recent step values (req/s, oldest first, `None` = hole) for the web page.
     pub recent_steps: Vec<Option<f64>>,
+    /// The app's mean request latency in seconds, when a latency histogram is read.
+    pub mean_latency_seconds: Option<f64>,
 }
 
 /// Everything one tick produced.
@@ -130,6 +130,8 @@ pub struct Engine {
     judgements: Vec<Option<Judgement>>,
     /// Per series, the last positive window scale: the unit of an all-zero window.
     zero_scales: Vec<f64>,
+    /// Per series, the app's mean request latency in seconds, when known.
+    latencies: Vec<Option<f64>>,
 }
 
 impl Engine {
@@ -142,6 +144,7 @@ impl Engine {
             calibrators: Vec::new(),
             judgements: Vec::new(),
             zero_scales: Vec::new(),
+            latencies: Vec::new(),
         }
     }
 
@@ -180,6 +183,34 @@ impl Engine {
         match self.set.series_index(key) {
             Some(i) => self.set.series_mut()[i].ring.record(minute, rate),
             None => false,
+        }
+    }
+
+    /// Records a rate read from a rate source (Prometheus): like
+    /// [`Engine::record_rate`], but with `holes_only` a minute already held is kept.
+    /// Returns `None` when the series cap refuses the series, else whether it was recorded.
+    pub fn record_minute(
+        &mut self,
+        key: &[String],
+        minute: i64,
+        rate: f64,
+        holes_only: bool,
+    ) -> Option<bool> {
+        let i = self.set.series_index(key)?;
+        let ring = &mut self.set.series_mut()[i].ring;
+        if holes_only && ring.get(minute).is_some() {
+            return Some(false);
+        }
+        Some(ring.record(minute, rate))
+    }
+
+    /// Sets the app's mean latency (seconds) of the series with this key, if it exists.
+    pub fn set_latency(&mut self, key: &[String], seconds: f64) {
+        if let Some(i) = self.set.find(key) {
+            if self.latencies.len() <= i {
+                self.latencies.resize(i + 1, None);
+            }
+            self.latencies[i] = (seconds.is_finite() && seconds >= 0.0).then_some(seconds);
         }
     }
 
@@ -276,6 +307,7 @@ impl Engine {
                 error_ratio: std::array::from_fn(|h| rolling[h].error_ratio),
                 forecast,
                 recent_steps: view.steps.to_vec(),
+                mean_latency_seconds: self.latencies.get(i).copied().flatten(),
             });
         }
         TickReport {
@@ -402,6 +434,8 @@ pub struct Shared {
     pub by: Vec<String>,
     /// True once the model is loaded and the pipeline runs; false while draining.
     pub ready: AtomicBool,
+    /// Capacity-signal settings.
+    pub capacity: Capacity,
 }
 
 impl Shared {
@@ -413,7 +447,14 @@ impl Shared {
             series_name,
             by,
             ready: AtomicBool::new(false),
+            capacity: Capacity::default(),
         }
+    }
+
+    /// The same, with capacity signals.
+    pub fn with_capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = capacity;
+        self
     }
 
     /// The latest tick.
@@ -449,13 +490,45 @@ impl Shared {
             };
             self.metrics.publish_status(&labels, &status);
             match &s.forecast {
-                Some(f) => self.metrics.publish_forecast(&labels, f),
+                Some(f) => {
+                    self.metrics.publish_forecast(&labels, f);
+                    let (concurrency, replicas) =
+                        capacity_signals(f, s.mean_latency_seconds, &self.capacity);
+                    self.metrics
+                        .publish_capacity(&labels, concurrency, replicas);
+                }
                 None => self.metrics.clear_forecast(&labels),
             }
         }
         self.metrics.series_count.set(report.series.len() as i64);
         self.set_latest(Arc::new(report));
     }
+}
+
+/// METHOD.md §6 on the upper bound of each horizon: requests in flight by Little's law
+/// (`L = λ·W`, upper rate × mean latency) and replicas `⌈upper·(1 + headroom) / capacity⌉`
+/// (at least 1). `None` where the input is not configured or not known yet.
+pub fn capacity_signals(
+    forecast: &Forecast,
+    mean_latency_seconds: Option<f64>,
+    capacity: &Capacity,
+) -> ([Option<f64>; HORIZON_STEPS], [Option<f64>; HORIZON_STEPS]) {
+    let upper = |h: usize| forecast.horizons[h].upper;
+    let concurrency = std::array::from_fn(|h| {
+        capacity
+            .latency_histogram
+            .as_ref()
+            .and(mean_latency_seconds)
+            .map(|w| upper(h) * w)
+    });
+    let replicas = std::array::from_fn(|h| {
+        capacity.replica_capacity.map(|c| {
+            (upper(h) * (1.0 + capacity.replica_headroom) / c)
+                .ceil()
+                .max(1.0)
+        })
+    });
+    (concurrency, replicas)
 }
 
 /// Settings of the live loop.
@@ -465,10 +538,6 @@ pub struct LoopSettings {
     pub scrape_interval: Duration,
     /// Forecast period.
     pub forecast_interval: Duration,
-    /// Counter selector.
-    pub selector: Selector,
-    /// `by` labels.
-    pub by: Vec<String>,
     /// Where and how often to snapshot, if at all.
     pub state: Option<StateSettings>,
 }
@@ -530,7 +599,7 @@ pub fn now_unix() -> f64 {
 /// the caller can snapshot it.
 pub async fn run(
     mut engine: Engine,
-    scraper: Scraper,
+    mut source: LiveSource,
     settings: LoopSettings,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -559,12 +628,12 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => break,
             _ = scrape_tick.tick() => {
-                let outcome = scrape_once(&mut engine, &scraper, &settings, &shared).await;
-                let label = outcome.as_ref().err().map_or("ok", ScrapeError::reason);
+                let outcome = source.poll(&mut engine, &shared).await;
+                let label = outcome.as_ref().err().map_or("ok", SourceError::reason);
                 if last_outcome != Some(label) {
                     match &outcome {
-                        Ok(()) => info!("scrape succeeded"),
-                        Err(e) => warn!(reason = e.reason(), error = %e, "scrape failed"),
+                        Ok(()) => info!("source poll succeeded"),
+                        Err(e) => warn!(reason = e.reason(), error = %e, "source poll failed"),
                     }
                     last_outcome = Some(label);
                 }
@@ -590,73 +659,6 @@ pub async fn run(
         }
     }
     engine
-}
-
-async fn scrape_once(
-    engine: &mut Engine,
-    scraper: &Scraper,
-    settings: &LoopSettings,
-    shared: &Shared,
-) -> Result<(), ScrapeError> {
-    let started = Instant::now();
-    shared.metrics.scrapes.inc();
-    let result = scraper.fetch().await;
-    let t = now_unix();
-    let outcome = result.and_then(|body| {
-        let mut matched: Vec<(u64, Vec<String>, f64)> = Vec::new();
-        exposition::parse(&body.bytes, body.format, |sample| {
-            if settings.selector.matches(&sample.name, &sample.labels) {
-                let mut h = DefaultHasher::new();
-                sample.name.hash(&mut h);
-                for (k, v) in sample.labels.iter() {
-                    k.hash(&mut h);
-                    v.hash(&mut h);
-                }
-                let key = settings
-                    .by
-                    .iter()
-                    .map(|l| {
-                        sample
-                            .labels
-                            .get(l)
-                            .map(|v| v.into_owned())
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                matched.push((h.finish(), key, sample.value));
-            }
-        })?;
-        Ok(matched)
-    });
-    shared
-        .metrics
-        .scrape_duration
-        .observe(started.elapsed().as_secs_f64());
-    match outcome {
-        Ok(matched) => {
-            let stats = engine.observe(t, matched.iter().map(|(h, k, v)| (*h, k.as_slice(), *v)));
-            shared.metrics.series_dropped.inc_by(stats.dropped as u64);
-            shared.metrics.counter_resets.inc_by(stats.resets as u64);
-            if stats.invalid > 0 {
-                shared
-                    .metrics
-                    .scrape_failures
-                    .with_label_values(&["invalid_value"])
-                    .inc();
-            }
-            debug!(matched = stats.matched, "scrape recorded");
-            Ok(())
-        }
-        Err(e) => {
-            shared
-                .metrics
-                .scrape_failures
-                .with_label_values(&[e.reason()])
-                .inc();
-            engine.mark_gap();
-            Err(e)
-        }
-    }
 }
 
 /// Runs one forecast tick: prepare on this task, infer on a blocking thread, publish.

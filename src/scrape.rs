@@ -1,9 +1,14 @@
-//! HTTP fetch of the target's metrics endpoint: timeout, byte cap, status check.
+//! HTTP fetches with a timeout, a byte cap, a status check and optional authentication
+//! (bearer token file, basic auth, custom CA): the target's metrics endpoint here, the
+//! Prometheus API in [`crate::promapi`].
 //!
-//! Owns the scrape client and [`ScrapeError`] with its bounded `reason()`. It does not
+//! Owns the HTTP clients and [`ScrapeError`] with its bounded `reason()`. It does not
 //! parse: the body goes to `exposition`. It negotiates the format with `Accept`
 //! (OpenMetrics 1.0 preferred, text 0.0.4 accepted) and reports the content type back.
+//! Secrets are read from files on every request (so a rotated token is picked up) and
+//! never logged.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
@@ -31,6 +36,9 @@ pub enum ScrapeError {
     /// The exposition could not be parsed.
     #[error("cannot parse the exposition: {0}")]
     Parse(#[from] crate::exposition::ParseError),
+    /// A credential file could not be read.
+    #[error("cannot read the credential file {0}")]
+    Credentials(String),
 }
 
 impl ScrapeError {
@@ -44,6 +52,7 @@ impl ScrapeError {
             Self::TooLarge(_) => "body_too_large",
             Self::Body(_) => "body",
             Self::Parse(_) => "parse",
+            Self::Credentials(_) => "credentials",
         }
     }
 }
@@ -57,35 +66,78 @@ pub struct Body {
     pub format: Format,
 }
 
-/// A scraper of one target.
+/// How to authenticate to an HTTP endpoint. Secrets live in files, read per request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpAuth {
+    /// A file holding a bearer token (`Authorization: Bearer ...`).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Basic auth: user name and a file holding the password.
+    pub basic: Option<(String, PathBuf)>,
+    /// A PEM file of CA certificates trusted in addition to the built-in roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// An HTTP client bound to one timeout, body cap and authentication.
 #[derive(Debug, Clone)]
-pub struct Scraper {
+pub struct HttpFetcher {
     client: reqwest::Client,
-    url: Url,
+    auth: HttpAuth,
     timeout: Duration,
     max_body_bytes: usize,
 }
 
-impl Scraper {
-    /// A scraper of `url` with the given timeout and body cap.
-    pub fn new(url: Url, timeout: Duration, max_body_bytes: usize) -> Result<Self, ScrapeError> {
-        let client = reqwest::Client::builder()
+/// A fetched body and its Content-Type.
+pub struct Fetched {
+    /// HTTP status (any; the caller decides).
+    pub status: u16,
+    /// Content-Type header.
+    pub content_type: Option<String>,
+    /// The body, at most the cap.
+    pub bytes: Vec<u8>,
+}
+
+impl HttpFetcher {
+    /// A client with the given timeout (connect and whole request), body cap and auth.
+    /// The CA file is read here, so a bad one is an error at start.
+    pub fn new(
+        timeout: Duration,
+        max_body_bytes: usize,
+        auth: HttpAuth,
+    ) -> Result<Self, ScrapeError> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::limited(3))
-            .user_agent(concat!("flowcast/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("flowcast/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &auth.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| ScrapeError::Credentials(format!("{}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                ScrapeError::Credentials(format!("{}: not PEM certificates: {e}", path.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(ScrapeError::Credentials(format!(
+                    "{}: no certificate in the file",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .build()
             .map_err(|e| ScrapeError::Connect(e.to_string()))?;
         Ok(Self {
             client,
-            url,
+            auth,
             timeout,
             max_body_bytes,
         })
     }
 
-    /// Fetches the body once.
-    pub async fn fetch(&self) -> Result<Body, ScrapeError> {
+    /// GETs `url` with `accept`, reading at most the body cap.
+    pub async fn get(&self, url: Url, accept: &str) -> Result<Fetched, ScrapeError> {
         let classify = |e: reqwest::Error| {
             if e.is_timeout() {
                 ScrapeError::Timeout(self.timeout)
@@ -95,23 +147,21 @@ impl Scraper {
                 ScrapeError::Body(without_url(&e))
             }
         };
-        let mut response = self
-            .client
-            .get(self.url.clone())
-            .header(reqwest::header::ACCEPT, Format::ACCEPT)
-            .send()
-            .await
-            .map_err(classify)?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(ScrapeError::Status(status.as_u16()));
+        let mut request = self.client.get(url).header(reqwest::header::ACCEPT, accept);
+        if let Some(path) = &self.auth.bearer_token_file {
+            request = request.bearer_auth(read_secret(path)?);
         }
+        if let Some((user, path)) = &self.auth.basic {
+            request = request.basic_auth(user, Some(read_secret(path)?));
+        }
+        let mut response = request.send().await.map_err(classify)?;
         if response
             .content_length()
             .is_some_and(|n| n > self.max_body_bytes as u64)
         {
             return Err(ScrapeError::TooLarge(self.max_body_bytes));
         }
+        let status = response.status().as_u16();
         let content_type = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -124,9 +174,51 @@ impl Scraper {
             }
             bytes.extend_from_slice(&chunk);
         }
-        Ok(Body {
+        Ok(Fetched {
+            status,
+            content_type,
             bytes,
-            format: Format::from_content_type(content_type.as_deref()),
+        })
+    }
+}
+
+/// Reads a secret file (trimmed). The error names the file, never its content.
+fn read_secret(path: &std::path::Path) -> Result<String, ScrapeError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| ScrapeError::Credentials(format!("{}: {e}", path.display())))
+}
+
+/// A scraper of one target.
+#[derive(Debug, Clone)]
+pub struct Scraper {
+    http: HttpFetcher,
+    url: Url,
+}
+
+impl Scraper {
+    /// A scraper of `url` with the given timeout, body cap and authentication.
+    pub fn new(
+        url: Url,
+        timeout: Duration,
+        max_body_bytes: usize,
+        auth: HttpAuth,
+    ) -> Result<Self, ScrapeError> {
+        Ok(Self {
+            http: HttpFetcher::new(timeout, max_body_bytes, auth)?,
+            url,
+        })
+    }
+
+    /// Fetches the body once.
+    pub async fn fetch(&self) -> Result<Body, ScrapeError> {
+        let fetched = self.http.get(self.url.clone(), Format::ACCEPT).await?;
+        if !(200..300).contains(&fetched.status) {
+            return Err(ScrapeError::Status(fetched.status));
+        }
+        Ok(Body {
+            bytes: fetched.bytes,
+            format: Format::from_content_type(fetched.content_type.as_deref()),
         })
     }
 }

@@ -11,13 +11,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, ModelSource};
+use crate::config::{Config, ModelSource, Source};
 use crate::history::SeriesLimits;
 use crate::metrics::{Metrics, MetricsError};
 use crate::model::{Model, ModelError};
 use crate::pipeline::{self, Engine, EngineSettings, LoopSettings, Shared, StateSettings};
-use crate::scrape::{ScrapeError, Scraper};
+use crate::promapi::{PromClient, PromError};
+use crate::scrape::{HttpAuth, ScrapeError, Scraper};
 use crate::server::{self, ServerLimits};
+use crate::source::{self, LiveSource, PromSource, ScrapeSource};
 use crate::state::{self, StateError};
 
 /// Errors that stop the sidecar from starting.
@@ -32,6 +34,9 @@ pub enum StartError {
     /// The scrape client could not be built.
     #[error(transparent)]
     Scrape(#[from] ScrapeError),
+    /// The Prometheus client could not be built.
+    #[error(transparent)]
+    Prometheus(#[from] PromError),
 }
 
 /// Loads the configured model.
@@ -48,7 +53,8 @@ pub struct Sidecar {
     pub engine: Engine,
     /// State shared with the HTTP server.
     pub shared: Arc<Shared>,
-    scraper: Scraper,
+    source: LiveSource,
+    backfill: Option<(PromClient, String)>,
     loop_settings: LoopSettings,
     shutdown_grace: std::time::Duration,
 }
@@ -72,20 +78,49 @@ impl Sidecar {
                 limits,
             },
         );
-        let scraper = Scraper::new(
-            config.target.clone(),
-            config.scrape_timeout,
-            config.max_body_bytes,
-        )?;
-        let shared = Arc::new(Shared::new(
-            metrics,
-            config.series_name.clone(),
-            config.by.clone(),
-        ));
+        let prom_client = |url: &url::Url, auth: &HttpAuth| {
+            PromClient::new(
+                url.clone(),
+                config.scrape_timeout,
+                config.max_body_bytes,
+                auth.clone(),
+                config.by.clone(),
+                config.max_series,
+            )
+        };
+        let source = match &config.source {
+            Source::Scrape {
+                target,
+                selector,
+                auth,
+            } => LiveSource::Scrape(ScrapeSource::new(
+                Scraper::new(
+                    target.clone(),
+                    config.scrape_timeout,
+                    config.max_body_bytes,
+                    auth.clone(),
+                )?,
+                selector.clone(),
+                config.by.clone(),
+                config.capacity.latency_histogram.as_deref(),
+            )),
+            Source::Prometheus(p) => LiveSource::Prometheus(PromSource::new(
+                prom_client(&p.url, &p.auth)?,
+                p.query.clone(),
+            )),
+        };
+        let backfill = match &config.backfill {
+            Some(b) => Some((prom_client(&b.url, &b.auth)?, b.query.clone())),
+            None => None,
+        };
+        let shared = Arc::new(
+            Shared::new(metrics, config.series_name.clone(), config.by.clone())
+                .with_capacity(config.capacity.clone()),
+        );
         let state = config.state_dir.as_ref().map(|dir| StateSettings {
             dir: dir.clone(),
             interval: config.snapshot_interval,
-            identity: state::identity(&config.selector.to_string(), &config.by, config.band),
+            identity: state::identity(&config.source.describe(), &config.by, config.band),
         });
         if let Some(settings) = &state {
             restore(&mut engine, settings, config.by.len(), &shared);
@@ -93,12 +128,11 @@ impl Sidecar {
         Ok(Self {
             engine,
             shared,
-            scraper,
+            source,
+            backfill,
             loop_settings: LoopSettings {
                 scrape_interval: config.scrape_interval,
                 forecast_interval: config.forecast_interval,
-                selector: config.selector.clone(),
-                by: config.by.clone(),
                 state,
             },
             shutdown_grace: config.shutdown_grace,
@@ -123,9 +157,28 @@ impl Sidecar {
         ));
         let shared = Arc::clone(&self.shared);
         let state = self.loop_settings.state.clone();
+        let mut engine = self.engine;
+        if let Some((client, query)) = &self.backfill {
+            let started = std::time::Instant::now();
+            let fill = source::backfill(&mut engine, client, query, &shared);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {}
+                result = fill => match result {
+                    Ok(minutes) => {
+                        shared.metrics.backfilled_seconds.inc_by(minutes as u64 * 60);
+                        info!(minutes, took = ?started.elapsed(), "history backfilled from Prometheus");
+                    }
+                    Err(e) => {
+                        shared.metrics.backfill_failures.with_label_values(&[e.reason()]).inc();
+                        warn!(reason = e.reason(), error = %e, "backfill failed; starting with what is held");
+                    }
+                }
+            }
+        }
         let engine = pipeline::run(
-            self.engine,
-            self.scraper,
+            engine,
+            self.source,
             self.loop_settings,
             Arc::clone(&shared),
             shutdown,

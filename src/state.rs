@@ -68,10 +68,11 @@ pub struct SeriesState {
     pub judgement: Option<Judgement>,
 }
 
-/// The identity of a configuration's series: a snapshot taken with another selector,
-/// other `by` labels or another band mode holds numbers that mean something else.
-pub fn identity(selector: &str, by: &[String], band: crate::band::BandMode) -> String {
-    format!("selector={selector};by={};band={band:?}", by.join(","))
+/// The identity of a configuration's series: a snapshot taken with another source
+/// (selector or query, see `Source::describe`), other `by` labels or another band mode
+/// holds numbers that mean something else.
+pub fn identity(source: &str, by: &[String], band: crate::band::BandMode) -> String {
+    format!("{source};by={};band={band:?}", by.join(","))
 }
 
 /// Why a snapshot could not be written or was not restored.

@@ -28,7 +28,7 @@ fn exposition(orders: f64) -> String {
 fn identity(selector: &str) -> String {
     let selector: Selector = selector.parse().expect("selector");
     state::identity(
-        &selector.to_string(),
+        &format!("selector={selector}"),
         &["route".to_string()],
         BandMode::Calibrated,
     )

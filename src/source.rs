@@ -1,0 +1,294 @@
+//! The live sources of request rates, polled by the loop in [`crate::pipeline::run`]:
+//! scraping the app's metrics endpoint, or querying a Prometheus API (the service
+//! forecaster); and the backfill of recent history from Prometheus on start.
+//!
+//! Owns what one poll does to the engine (record counters, or record minute rates), the
+//! app's mean latency for Little's law, and the failure accounting of both sources in
+//! `flowcast_scrape_failures_total{reason}`. Callers log state changes.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::time::Instant;
+
+use tracing::debug;
+
+use crate::exposition::{self, Selector};
+use crate::history::{MINUTE_SECONDS, RING_MINUTES};
+use crate::pipeline::{now_unix, Engine, Shared};
+use crate::promapi::{Points, PromClient, PromError};
+use crate::scrape::{ScrapeError, Scraper};
+
+/// Seconds a Prometheus source stays behind the clock, so that the last scrape before a
+/// minute boundary has been ingested when that minute's rate is queried.
+pub const PROMETHEUS_LAG_SECONDS: i64 = 30;
+/// Most minutes one Prometheus poll catches up after failures (older ones stay holes
+/// unless a restart backfills them).
+const CATCH_UP_MINUTES: i64 = 30;
+
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Scraping the app failed.
+    #[error(transparent)]
+    Scrape(#[from] ScrapeError),
+    /// The Prometheus API failed.
+    #[error(transparent)]
+    Prometheus(#[from] PromError),
+}
+
+impl SourceError {
+    /// A short bounded label for `flowcast_scrape_failures_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Scrape(e) => e.reason(),
+            Self::Prometheus(e) => e.reason(),
+        }
+    }
+}
+
+/// A live source.
+pub enum LiveSource {
+    /// The app's metrics endpoint.
+    Scrape(ScrapeSource),
+    /// A PromQL query.
+    Prometheus(PromSource),
+}
+
+impl LiveSource {
+    /// Polls once and records what arrived; failures are counted here.
+    pub async fn poll(&mut self, engine: &mut Engine, shared: &Shared) -> Result<(), SourceError> {
+        let started = Instant::now();
+        shared.metrics.scrapes.inc();
+        let result = match self {
+            LiveSource::Scrape(s) => s.poll(engine, shared).await.map_err(SourceError::from),
+            LiveSource::Prometheus(p) => p.poll(engine, shared).await.map_err(SourceError::from),
+        };
+        shared
+            .metrics
+            .scrape_duration
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            shared
+                .metrics
+                .scrape_failures
+                .with_label_values(&[e.reason()])
+                .inc();
+        }
+        result
+    }
+}
+
+/// Scrapes the app and tracks its counters (and, optionally, its latency histogram).
+pub struct ScrapeSource {
+    scraper: Scraper,
+    selector: Selector,
+    by: Vec<String>,
+    latency: Option<Latency>,
+}
+
+impl ScrapeSource {
+    /// A source selecting `selector` and keeping `by` labels; with `latency_histogram`,
+    /// the histogram's `_sum`/`_count` under the same label matchers give the mean latency.
+    pub fn new(
+        scraper: Scraper,
+        selector: Selector,
+        by: Vec<String>,
+        latency_histogram: Option<&str>,
+    ) -> Self {
+        let latency = latency_histogram.map(|h| Latency {
+            sum: selector.with_metric_name(&format!("{h}_sum")),
+            count: selector.with_metric_name(&format!("{h}_count")),
+            last: HashMap::new(),
+        });
+        Self {
+            scraper,
+            selector,
+            by,
+            latency,
+        }
+    }
+
+    fn key(&self, labels: &exposition::Labels<'_>) -> Vec<String> {
+        self.by
+            .iter()
+            .map(|l| labels.get(l).map(|v| v.into_owned()).unwrap_or_default())
+            .collect()
+    }
+
+    async fn poll(&mut self, engine: &mut Engine, shared: &Shared) -> Result<(), ScrapeError> {
+        let result = self.scraper.fetch().await;
+        let t = now_unix();
+        let outcome = result.and_then(|body| {
+            let mut matched: Vec<(u64, Vec<String>, f64)> = Vec::new();
+            let mut latency_totals: HashMap<Vec<String>, (f64, f64)> = HashMap::new();
+            exposition::parse(&body.bytes, body.format, |sample| {
+                if self.selector.matches(&sample.name, &sample.labels) {
+                    let mut h = DefaultHasher::new();
+                    sample.name.hash(&mut h);
+                    for (k, v) in sample.labels.iter() {
+                        k.hash(&mut h);
+                        v.hash(&mut h);
+                    }
+                    matched.push((h.finish(), self.key(&sample.labels), sample.value));
+                } else if let Some(l) = &self.latency {
+                    let is_sum = l.sum.matches(&sample.name, &sample.labels);
+                    if is_sum || l.count.matches(&sample.name, &sample.labels) {
+                        let totals = latency_totals.entry(self.key(&sample.labels)).or_default();
+                        if is_sum {
+                            totals.0 += sample.value;
+                        } else {
+                            totals.1 += sample.value;
+                        }
+                    }
+                }
+            })?;
+            Ok((matched, latency_totals))
+        });
+        match outcome {
+            Ok((matched, latency_totals)) => {
+                let stats =
+                    engine.observe(t, matched.iter().map(|(h, k, v)| (*h, k.as_slice(), *v)));
+                shared.metrics.series_dropped.inc_by(stats.dropped as u64);
+                shared.metrics.counter_resets.inc_by(stats.resets as u64);
+                if stats.invalid > 0 {
+                    shared
+                        .metrics
+                        .scrape_failures
+                        .with_label_values(&["invalid_value"])
+                        .inc();
+                }
+                if let Some(l) = &mut self.latency {
+                    for (key, latency) in l.update(latency_totals) {
+                        engine.set_latency(&key, latency);
+                    }
+                }
+                debug!(matched = stats.matched, "scrape recorded");
+                Ok(())
+            }
+            Err(e) => {
+                engine.mark_gap();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Mean latency per series from a histogram's `_sum` and `_count` counters: the increase
+/// of the sum over the increase of the count between two scrapes, smoothed.
+struct Latency {
+    sum: Selector,
+    count: Selector,
+    last: HashMap<Vec<String>, (f64, f64, Option<f64>)>,
+}
+
+impl Latency {
+    /// Weight of the newest interval in the smoothed mean (about a minute at 15 s scrapes).
+    const WEIGHT: f64 = 0.25;
+
+    fn update(&mut self, totals: HashMap<Vec<String>, (f64, f64)>) -> Vec<(Vec<String>, f64)> {
+        let mut out = Vec::new();
+        for (key, (sum, count)) in totals {
+            if !(sum.is_finite() && count.is_finite()) {
+                continue;
+            }
+            let entry = self.last.entry(key.clone()).or_insert((sum, count, None));
+            let (d_sum, d_count) = (sum - entry.0, count - entry.1);
+            let mut mean = entry.2;
+            // A decrease is a reset (or a child vanished): skip the interval.
+            if d_count > 0.0 && d_sum >= 0.0 {
+                let latest = d_sum / d_count;
+                mean = Some(mean.map_or(latest, |m| m + Self::WEIGHT * (latest - m)));
+            }
+            *entry = (sum, count, mean);
+            if let Some(m) = mean {
+                out.push((key, m));
+            }
+        }
+        if self.last.len() > 100_000 {
+            self.last.clear(); // bounded memory under hostile label churn
+        }
+        out
+    }
+}
+
+/// Queries a Prometheus API for the rates of the minutes that completed since the last
+/// poll.
+pub struct PromSource {
+    client: PromClient,
+    query: String,
+    last_minute: Option<i64>,
+}
+
+impl PromSource {
+    /// A source of `query` (requests per second) through `client`.
+    pub fn new(client: PromClient, query: String) -> Self {
+        Self {
+            client,
+            query,
+            last_minute: None,
+        }
+    }
+
+    async fn poll(&mut self, engine: &mut Engine, shared: &Shared) -> Result<(), PromError> {
+        // The rate evaluated at the end of minute m is minute m's rate.
+        let end = ((now_unix() as i64 - PROMETHEUS_LAG_SECONDS).div_euclid(MINUTE_SECONDS))
+            * MINUTE_SECONDS;
+        let newest = end / MINUTE_SECONDS - 1;
+        let first = match self.last_minute {
+            Some(m) if m >= newest => return Ok(()),
+            Some(m) => (m + 1).max(newest - CATCH_UP_MINUTES),
+            None => newest,
+        };
+        let points = if first == newest {
+            self.client.query(&self.query, end).await?
+        } else {
+            let start = (first + 1) * MINUTE_SECONDS;
+            self.client
+                .query_range(&self.query, start, end, MINUTE_SECONDS)
+                .await?
+        };
+        let recorded = record(engine, shared, &points, false);
+        debug!(recorded, "prometheus poll recorded");
+        self.last_minute = Some(newest);
+        Ok(())
+    }
+}
+
+/// Records `(end of minute, rate)` points as minute rates. With `holes_only`, minutes the
+/// ring already holds (from a restored snapshot) are kept. Returns the minutes recorded.
+fn record(engine: &mut Engine, shared: &Shared, points: &Points, holes_only: bool) -> usize {
+    let mut recorded = 0;
+    let mut dropped = 0;
+    for (key, series) in points {
+        for &(t, rate) in series {
+            let minute = t.div_euclid(MINUTE_SECONDS) - 1;
+            match engine.record_minute(key, minute, rate, holes_only) {
+                Some(true) => recorded += 1,
+                Some(false) => {}
+                None => dropped += 1,
+            }
+        }
+    }
+    if dropped > 0 {
+        shared.metrics.series_dropped.inc_by(dropped as u64);
+    }
+    recorded
+}
+
+/// Fills the holes of the last [`RING_MINUTES`] from `query` (requests per second) with
+/// one range query. Returns the minutes recorded.
+pub async fn backfill(
+    engine: &mut Engine,
+    client: &PromClient,
+    query: &str,
+    shared: &Shared,
+) -> Result<usize, PromError> {
+    let end =
+        ((now_unix() as i64 - PROMETHEUS_LAG_SECONDS).div_euclid(MINUTE_SECONDS)) * MINUTE_SECONDS;
+    let start = end - (RING_MINUTES as i64 - 1) * MINUTE_SECONDS;
+    let points = client
+        .query_range(query, start, end, MINUTE_SECONDS)
+        .await?;
+    Ok(record(engine, shared, &points, true))
+}
