@@ -726,6 +726,22 @@ fn duration(
 mod tests {
     use super::*;
 
+    /// Every configuration key has a row in the README's table.
+    #[test]
+    fn the_readme_documents_every_key() {
+        let readme = include_str!("../README.md");
+        let keys = match serde_json::to_value(FileConfig::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect::<Vec<_>>(),
+            other => panic!("FileConfig is not an object: {other:?}"),
+        };
+        assert!(keys.len() > 20);
+        let missing: Vec<_> = keys
+            .iter()
+            .filter(|k| !readme.contains(&format!("`{k}`")))
+            .collect();
+        assert!(missing.is_empty(), "README lacks {missing:?}");
+    }
+
     fn base() -> FileConfig {
         FileConfig {
             target: Some("http://127.0.0.1:8080/metrics".into()),

@@ -221,7 +221,7 @@ impl Metrics {
         };
         let scrape_failures = counter_vec(
             "scrape_failures_total",
-            "Failed scrapes of the target, by reason.",
+            "Failed polls of the source (scrapes of the target or Prometheus queries), by reason.",
             &["reason"],
         )?;
         let tick_failures = counter_vec(

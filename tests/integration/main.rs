@@ -1,5 +1,6 @@
 //! Integration tests: the real entry points over loopback, the real binary, the real model.
 
+mod prometheus_source;
 mod restarts;
 mod robustness;
 mod support;
@@ -24,7 +25,12 @@ fn exposition(orders: f64, search: f64) -> String {
          app_requests_total{{route=\"/orders\",code=\"200\"}} {orders}\n\
          app_requests_total{{route=\"/orders\",code=\"500\"}} 3\n\
          app_requests_total{{route=\"/search\",code=\"200\"}} {search}\n\
-         # TYPE app_up gauge\napp_up 1\n"
+         # TYPE app_request_duration_seconds histogram\n\
+         app_request_duration_seconds_bucket{{route=\"/orders\",code=\"200\",le=\"+Inf\"}} {orders}\n\
+         app_request_duration_seconds_sum{{route=\"/orders\",code=\"200\"}} {latency_sum}\n\
+         app_request_duration_seconds_count{{route=\"/orders\",code=\"200\"}} {orders}\n\
+         # TYPE app_up gauge\napp_up 1\n",
+        latency_sum = 0.2 * orders
     )
 }
 
@@ -46,6 +52,8 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
         forecast_interval: Some("1s".into()),
         mc_passes: Some(30),
         listen: Some(addr.to_string()),
+        latency_histogram: Some("app_request_duration_seconds".into()),
+        replica_capacity: Some(10.0),
         ..FileConfig::default()
     }
     .validate()
@@ -91,7 +99,11 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
             "flowcast_ready",
             &[("series", "api"), ("route", "/orders")],
         ) == Some(1.0);
-        if search_seen && orders_ready {
+        // The mean latency needs two scrapes with requests in between.
+        let latency_known = samples
+            .iter()
+            .any(|s| s.name == "flowcast_forecast_concurrency_upper");
+        if search_seen && orders_ready && latency_known {
             break samples;
         }
         assert!(
@@ -131,6 +143,16 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
             "{h}: mean {mean} is near the seeded 20-25 req/s"
         );
         assert!(sd > 0.0);
+        // Capacity signals: Little's law with the 0.2 s mean latency, and replicas for
+        // 10 req/s each with the default 10 % headroom.
+        let concurrency =
+            value(&samples, "flowcast_forecast_concurrency_upper", &labels).expect("concurrency");
+        assert!(
+            (concurrency - 0.2 * upper).abs() < 1e-6 * upper,
+            "{h}: L = {concurrency}"
+        );
+        let replicas = value(&samples, "flowcast_recommended_replicas", &labels).expect("replicas");
+        assert_eq!(replicas, (upper * 1.1 / 10.0).ceil(), "{h}");
         for c in ["epistemic", "heteroscedastic", "homoscedastic"] {
             let l = [orders[0], orders[1], ("horizon", h), ("component", c)];
             assert!(
@@ -232,6 +254,10 @@ fn flowcast() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flowcast"))
 }
 
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
 #[test]
 fn bad_flags_and_configs_exit_2_naming_the_problem() {
     let dir = std::env::temp_dir().join(format!("flowcast-cli-{}", std::process::id()));
@@ -289,6 +315,58 @@ fn bad_flags_and_configs_exit_2_naming_the_problem() {
             (
                 vec!["run".into(), "--no-such-flag".into()],
                 "--no-such-flag",
+            ),
+            (
+                args(&["check-config", "--source", "prometheus", "--query", "up"]),
+                "`prometheus_url`",
+            ),
+            (
+                args(&[
+                    "check-config",
+                    "--source",
+                    "graphite",
+                    "--target",
+                    "http://a/",
+                ]),
+                "`source`",
+            ),
+            (
+                args(&[
+                    "check-config",
+                    "--source",
+                    "prometheus",
+                    "--prometheus-url",
+                    "http://127.0.0.1:9090",
+                    "--query",
+                    "up",
+                    "--prometheus-bearer-token-file",
+                    "/nonexistent/token",
+                ]),
+                "`prometheus_bearer_token_file`",
+            ),
+            (
+                args(&[
+                    "check-config",
+                    "--target",
+                    "http://127.0.0.1:1/",
+                    "--selector",
+                    "x_total",
+                    "--backfill-url",
+                    "http://127.0.0.1:9090",
+                ]),
+                "`backfill_query`",
+            ),
+            (
+                args(&[
+                    "check-config",
+                    "--target",
+                    "http://127.0.0.1:1/",
+                    "--selector",
+                    "x_total",
+                    "--replica-capacity",
+                    "0",
+                ]),
+                "`replica_capacity`",
             ),
             (
                 vec![
