@@ -22,6 +22,9 @@ pub const COMPONENTS: [&str; 3] = ["epistemic", "heteroscedastic", "homoscedasti
 pub const RESERVED_LABELS: [&str; 5] = ["series", "horizon", "component", "reason", "le"];
 /// Content type of the Prometheus text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of OpenMetrics 1.0 text.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Errors building the registry (only a programming error or a bad prefix can cause one).
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +412,49 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
     }
+
+    /// Every metric in OpenMetrics 1.0 text, for scrapers that ask for it.
+    pub fn encode_openmetrics(&self) -> Vec<u8> {
+        to_openmetrics(&self.encode_text())
+    }
+}
+
+/// Rewrites Prometheus text 0.0.4 from this registry as OpenMetrics 1.0: a counter's
+/// family name (in `# HELP`/`# TYPE`) drops its `_total` suffix, which stays on the
+/// samples, and the exposition ends with `# EOF`. Everything else (gauges, histograms,
+/// escaping, `NaN`/`+Inf`) is written the same way in both formats.
+fn to_openmetrics(text: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(text);
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.lines() {
+        let meta = ["# HELP ", "# TYPE "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (*p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let family = match name.strip_suffix("_total") {
+                    Some(base) if counters.contains(name) => base,
+                    _ => name,
+                };
+                out.push_str(prefix);
+                out.push_str(family);
+                if !tail.is_empty() {
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out.push_str("# EOF\n");
+    out.into_bytes()
 }
 
 /// The status of one series at one tick.
@@ -438,5 +484,40 @@ fn set_or_remove(g: &GaugeVec, labels: &[&str], value: Option<f64>) {
         None => {
             let _ = g.remove_label_values(labels);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exposition::{self, Format};
+
+    fn samples(bytes: &[u8], format: Format) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        exposition::parse(bytes, format, |s| out.push((s.name.to_string(), s.value)))
+            .expect("parses");
+        out
+    }
+
+    #[test]
+    fn openmetrics_names_counter_families_without_total_and_ends_with_eof() {
+        let m = Metrics::new("flowcast", &["route".to_string()]).expect("metrics");
+        m.scrapes.inc_by(3);
+        m.scrape_failures.with_label_values(&["timeout"]).inc();
+        m.scrape_duration.observe(0.02);
+        let text = m.encode_text();
+        let om = m.encode_openmetrics();
+        let om_text = String::from_utf8(om.clone()).expect("utf-8");
+        assert!(om_text.ends_with("# EOF\n"));
+        assert!(om_text.contains("# TYPE flowcast_scrapes counter\n"));
+        assert!(om_text.contains("\nflowcast_scrapes_total 3\n"));
+        assert!(om_text.contains("# TYPE flowcast_scrape_failures counter\n"));
+        assert!(om_text.contains("# TYPE flowcast_mc_passes gauge\n"));
+        assert!(!om_text.contains("# TYPE flowcast_scrapes_total"));
+        // Same samples, read by a strict OpenMetrics parser.
+        assert_eq!(
+            samples(&text, Format::Text004),
+            samples(&om, Format::OpenMetrics)
+        );
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::metrics::{HORIZONS, TEXT_CONTENT_TYPE};
+use crate::metrics::{HORIZONS, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use crate::pipeline::{Shared, TickReport};
 
 /// Limits of the server.
@@ -105,6 +105,32 @@ pub async fn serve(
     }
 }
 
+/// Whether the scraper prefers OpenMetrics: it lists `application/openmetrics-text` with a
+/// quality above that of `text/plain` (Prometheus does by default).
+fn wants_openmetrics(req: &Request<Incoming>) -> bool {
+    let Some(accept) = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let quality = |media: &str| {
+        accept
+            .split(',')
+            .filter(|part| part.trim_start().starts_with(media))
+            .map(|part| {
+                part.split(';')
+                    .filter_map(|p| p.trim().strip_prefix("q="))
+                    .find_map(|q| q.parse::<f32>().ok())
+                    .unwrap_or(1.0)
+            })
+            .fold(0.0f32, f32::max)
+    };
+    let om = quality("application/openmetrics-text");
+    om > 0.0 && om >= quality("text/plain")
+}
+
 fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
@@ -113,9 +139,17 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     } else {
         match path.as_str() {
             "/metrics" => {
-                let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode_text())));
+                let (body, content_type) = if wants_openmetrics(&req) {
+                    (
+                        shared.metrics.encode_openmetrics(),
+                        OPENMETRICS_CONTENT_TYPE,
+                    )
+                } else {
+                    (shared.metrics.encode_text(), TEXT_CONTENT_TYPE)
+                };
+                let mut r = Response::new(Full::new(Bytes::from(body)));
                 r.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_CONTENT_TYPE));
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
                 r
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),

@@ -202,6 +202,39 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
         ct.starts_with("text/html") && page.contains("<svg") && page.contains("class=\"band\"")
     );
 
+    // A scraper that prefers OpenMetrics (Prometheus's default Accept) gets OpenMetrics 1.0,
+    // which a strict OpenMetrics parser reads to the same forecast.
+    let om = reqwest::Client::new()
+        .get(&url)
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
+        .send()
+        .await
+        .expect("openmetrics scrape");
+    assert_eq!(
+        om.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let om_body = om.text().await.expect("body");
+    assert!(om_body.ends_with("# EOF\n"));
+    let mut om_upper = None;
+    flowcast::exposition::parse(
+        om_body.as_bytes(),
+        flowcast::exposition::Format::OpenMetrics,
+        |s| {
+            if s.name == "flowcast_forecast_upper_requests_per_second"
+                && s.labels.get("route").as_deref() == Some("/orders")
+                && s.labels.get("horizon").as_deref() == Some("5m")
+            {
+                om_upper = Some(s.value);
+            }
+        },
+    )
+    .expect("valid OpenMetrics");
+    assert!(om_upper.is_some_and(|v| v > 0.0));
+
     feeder.abort();
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)
