@@ -15,6 +15,7 @@
 //! model outputs into calibrated intervals; [`pipeline`] runs a tick; [`state`] snapshots what it learnt; [`metrics`] names
 //! every metric; [`server`] serves them; [`sidecar`], [`demo`] and [`backtest`] are drivers.
 
+pub mod backoff;
 pub mod backtest;
 pub mod band;
 pub mod cli;

@@ -87,6 +87,10 @@ pub struct Metrics {
     pub last_snapshot: prometheus::Gauge,
     /// Series restored from the snapshot at start.
     pub restored_series: IntGauge,
+    /// The source's circuit breaker: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: IntGauge,
+    /// Consecutive failed polls of the source.
+    pub consecutive_failures: IntGauge,
     /// Seconds of history backfilled from Prometheus at start.
     pub backfilled_seconds: IntCounter,
     /// Failed backfills by reason.
@@ -246,6 +250,14 @@ impl Metrics {
             "Unix time at which the last --state-dir snapshot was written.",
         ))?;
         registry.register(Box::new(last_snapshot.clone()))?;
+        let circuit_state = int_gauge(
+            "source_circuit_state",
+            "Circuit breaker of the source: 0 closed (polling), 1 half-open (probing), 2 open (paused after repeated failures).",
+        )?;
+        let consecutive_failures = int_gauge(
+            "source_consecutive_failures",
+            "Consecutive failed polls of the source; polls back off exponentially with jitter.",
+        )?;
         let backfilled_seconds = counter(
             "backfilled_history_seconds_total",
             "Seconds of per-series history filled from Prometheus at start (--backfill-url).",
@@ -313,6 +325,8 @@ impl Metrics {
             last_snapshot,
             restored_series,
             backfilled_seconds,
+            circuit_state,
+            consecutive_failures,
             backfill_failures,
             http_duration,
         })

@@ -17,6 +17,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backoff::{Backoff, Breaker};
 use crate::band::{BandMode, Calibrator, Forecast, Judgement};
 use crate::config::Capacity;
 use crate::features::{self, NotReady, HORIZON_STEPS, WINDOW_STEPS};
@@ -623,12 +624,27 @@ pub async fn run(
         .set(engine.settings().mc_passes as i64);
     shared.ready.store(true, Ordering::Release);
     let mut last_outcome: Option<&'static str> = None;
+    let mut backoff = Backoff::new(settings.scrape_interval, engine.settings().seed ^ 0x5EED);
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             _ = scrape_tick.tick() => {
+                if !backoff.may_poll(tokio::time::Instant::now()) {
+                    continue;
+                }
                 let outcome = source.poll(&mut engine, &shared).await;
+                let was = backoff.state();
+                backoff.record(outcome.is_ok(), tokio::time::Instant::now());
+                shared.metrics.circuit_state.set(backoff.state().gauge());
+                shared.metrics.consecutive_failures.set(i64::from(backoff.failures()));
+                if backoff.state() != was {
+                    match backoff.state() {
+                        Breaker::Open => warn!(failures = backoff.failures(), "source circuit open: pausing polls"),
+                        Breaker::Closed => info!("source circuit closed"),
+                        Breaker::HalfOpen => {}
+                    }
+                }
                 let label = outcome.as_ref().err().map_or("ok", SourceError::reason);
                 if last_outcome != Some(label) {
                     match &outcome {
