@@ -163,7 +163,10 @@ mod tests {
         // every 15 s would be 40 polls.
         assert!(states.contains(&Breaker::Open));
         let while_down = polls.iter().filter(|&&t| t < 600).count();
-        assert!((5..=12).contains(&while_down), "{while_down} polls while down: {polls:?}");
+        assert!(
+            (5..=12).contains(&while_down),
+            "{while_down} polls while down: {polls:?}"
+        );
         // Once the source is back, a probe closes the breaker and polling is regular.
         assert_eq!(b.state(), Breaker::Closed);
         assert_eq!(b.failures(), 0);
@@ -176,7 +179,10 @@ mod tests {
         let mut b = Backoff::new(Duration::from_secs(1), 3);
         let t0 = Instant::now();
         for i in 0..Backoff::THRESHOLD {
-            assert!(b.may_poll(Instant::now()), "failure {i}: the back-off is over");
+            assert!(
+                b.may_poll(Instant::now()),
+                "failure {i}: the back-off is over"
+            );
             b.record(false, Instant::now());
             if i + 1 < Backoff::THRESHOLD {
                 assert!(!b.may_poll(Instant::now()), "failure {i}: backing off");
