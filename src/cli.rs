@@ -32,6 +32,28 @@ pub enum Command {
     Backtest(BacktestArgs),
     /// Validate a configuration and the model, then exit 0 (valid) or 2 (invalid).
     CheckConfig(RunArgs),
+    /// Time forecast ticks of N ready synthetic series through the real pipeline.
+    Bench(BenchArgs),
+}
+
+/// Settings of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Ready series per tick.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub series: u32,
+    /// Monte-Carlo passes per forecast.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub mc_passes: u32,
+    /// Ticks timed (after one warm-up tick).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ticks: u32,
+    /// Forecast interval for the CPU share, e.g. 60s.
+    #[arg(long, default_value = "60s")]
+    pub forecast_interval: humantime::Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Settings of `run` (and `check-config`): the configuration file and, over it, every

@@ -18,6 +18,7 @@
 pub mod backoff;
 pub mod backtest;
 pub mod band;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

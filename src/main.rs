@@ -78,6 +78,35 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 demo::run(args.listen, shutdown).await.map_err(runtime)
             })
         }
+        Command::Bench(args) => {
+            let model = Arc::new(flowcast::model::Model::embedded().map_err(runtime)?);
+            let interval = std::time::Duration::from(args.forecast_interval).as_secs_f64();
+            let r = flowcast::bench::run(
+                model,
+                args.series as usize,
+                args.mc_passes as usize,
+                args.ticks as usize,
+                interval,
+            )
+            .map_err(runtime)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&r).map_err(runtime)?);
+            } else {
+                println!(
+                    "{} series x {} passes, {} ticks: median {:.2} ms, p99 {:.2} ms per tick; {:.1} us per series; {:.3} % of one core at a {}s interval; peak RSS {:.1} MB",
+                    r.series,
+                    r.mc_passes,
+                    r.ticks,
+                    r.tick_seconds_median * 1e3,
+                    r.tick_seconds_p99 * 1e3,
+                    r.seconds_per_series * 1e6,
+                    r.cpu_share_at_interval * 100.0,
+                    r.forecast_interval_seconds,
+                    r.peak_rss_bytes as f64 / 1e6
+                );
+            }
+            Ok(())
+        }
         Command::Backtest(args) => {
             if args.mc_passes == 0 || args.mc_passes > 1000 {
                 return Err(usage(anyhow::anyhow!(

@@ -1,0 +1,147 @@
+//! `flowcast bench`: times whole forecast ticks through the real pipeline (features,
+//! one batched inference, band, publishing to the gauges) for N ready synthetic series.
+//!
+//! Owns the synthetic history and the measurement; everything it times is the code the
+//! live sidecar runs on one thread. Peak RSS is read from `/proc/self/status` (Linux).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::band::BandMode;
+use crate::history::{SeriesLimits, MINUTE_SECONDS, RING_MINUTES};
+use crate::metrics::Metrics;
+use crate::model::{Model, ModelError};
+use crate::pipeline::{Engine, EngineSettings, Shared};
+
+/// What a bench run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Series forecast per tick.
+    pub series: usize,
+    /// Monte-Carlo passes per forecast.
+    pub mc_passes: usize,
+    /// Ticks timed (after one warm-up tick).
+    pub ticks: usize,
+    /// Median wall time of a tick.
+    pub tick_seconds_median: f64,
+    /// 99th percentile of the tick time.
+    pub tick_seconds_p99: f64,
+    /// Median tick time per series.
+    pub seconds_per_series: f64,
+    /// Forecast interval the CPU share refers to.
+    pub forecast_interval_seconds: f64,
+    /// Median tick time over the forecast interval: the share of one core used.
+    pub cpu_share_at_interval: f64,
+    /// Peak resident set size of the process (0 where unknown).
+    pub peak_rss_bytes: u64,
+}
+
+/// Builds `series` ready series with four hours of history and times `ticks` ticks one
+/// minute apart (history advancing between them, as live).
+pub fn run(
+    model: Arc<Model>,
+    series: usize,
+    mc_passes: usize,
+    ticks: usize,
+    forecast_interval_seconds: f64,
+) -> Result<BenchReport, ModelError> {
+    let mut engine = Engine::new(
+        model,
+        EngineSettings {
+            mc_passes,
+            seed: 1,
+            band: BandMode::Calibrated,
+            limits: SeriesLimits {
+                max_series: series,
+                max_children: series,
+                max_gap_seconds: 120.0,
+            },
+        },
+    );
+    let metrics = Metrics::new("flowcast", &["route".to_string()])
+        .map_err(|e| ModelError::Run(e.to_string()))?;
+    let shared = Shared::new(metrics, "bench".into(), vec!["route".into()]);
+    let keys: Vec<Vec<String>> = (0..series).map(|i| vec![format!("/r{i}")]).collect();
+    let start_minute = 28_000_000_i64;
+    let rate = |i: usize, m: i64| {
+        let day = ((m % 1440) as f64 / 1440.0 * std::f64::consts::TAU).sin();
+        (10.0 + i as f64 % 50.0) * (1.0 + 0.3 * day) + ((m * 7919 + i as i64) % 13) as f64
+    };
+    for (i, key) in keys.iter().enumerate() {
+        for m in start_minute..start_minute + RING_MINUTES as i64 {
+            engine.record_rate(key, m, rate(i, m));
+        }
+    }
+    let mut times = Vec::with_capacity(ticks);
+    let mut minute = start_minute + RING_MINUTES as i64;
+    for t in 0..=ticks {
+        for (i, key) in keys.iter().enumerate() {
+            engine.record_rate(key, minute - 1, rate(i, minute - 1));
+        }
+        let started = Instant::now();
+        let report = engine.tick(minute * MINUTE_SECONDS)?;
+        let ready = report
+            .series
+            .iter()
+            .filter(|s| s.forecast.is_some())
+            .count();
+        shared.publish(report);
+        let took = started.elapsed().as_secs_f64();
+        if ready != series {
+            return Err(ModelError::Run(format!(
+                "only {ready} of {series} synthetic series are ready"
+            )));
+        }
+        if t > 0 {
+            times.push(took); // the first tick warms caches and allocations
+        }
+        minute += 1;
+    }
+    times.sort_by(f64::total_cmp);
+    let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let median = pick(0.5);
+    Ok(BenchReport {
+        series,
+        mc_passes,
+        ticks,
+        tick_seconds_median: median,
+        tick_seconds_p99: pick(0.99),
+        seconds_per_series: median / series as f64,
+        forecast_interval_seconds,
+        cpu_share_at_interval: median / forecast_interval_seconds,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// `VmHWM` of this process, in bytes (0 where /proc is not available).
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_runs_ready_ticks_and_reports_consistent_numbers() {
+        let model = Arc::new(Model::embedded().expect("model"));
+        let r = run(model, 3, 5, 4, 60.0).expect("bench");
+        assert_eq!((r.series, r.mc_passes, r.ticks), (3, 5, 4));
+        assert!(r.tick_seconds_median > 0.0 && r.tick_seconds_p99 >= r.tick_seconds_median);
+        assert!((r.cpu_share_at_interval - r.tick_seconds_median / 60.0).abs() < 1e-12);
+        assert!(
+            r.peak_rss_bytes > 1 << 20,
+            "RSS read from /proc: {}",
+            r.peak_rss_bytes
+        );
+    }
+}
