@@ -75,8 +75,8 @@ pub fn run(
         }
     }
     let mut times = Vec::with_capacity(ticks);
-    let mut minute = start_minute + RING_MINUTES as i64;
-    for t in 0..=ticks {
+    let first_minute = start_minute + RING_MINUTES as i64;
+    for (t, minute) in (0..=ticks).zip(first_minute..) {
         for (i, key) in keys.iter().enumerate() {
             engine.record_rate(key, minute - 1, rate(i, minute - 1));
         }
@@ -97,7 +97,6 @@ pub fn run(
         if t > 0 {
             times.push(took); // the first tick warms caches and allocations
         }
-        minute += 1;
     }
     times.sort_by(f64::total_cmp);
     let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
