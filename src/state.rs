@@ -140,13 +140,18 @@ pub fn path_in(dir: &Path) -> PathBuf {
 /// Encodes a snapshot into the file format.
 pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     // Encoding plain data into a Vec cannot fail; an empty payload would be refused on read.
-    let payload = postcard::to_stdvec(snapshot).unwrap_or_default();
+    frame(&postcard::to_stdvec(snapshot).unwrap_or_default())
+}
+
+/// Wraps an encoded payload in the header (magic, version, CRC, length). Public so that
+/// the fuzzer can reach the payload decoder with well-framed garbage.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     out
 }
 
