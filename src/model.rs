@@ -153,6 +153,35 @@ pub struct Model {
     fingerprint: u32,
 }
 
+/// Refuses weights that hold NaN or infinity. The probe run at load cannot be relied on
+/// for this: tract's clamped activations can turn a NaN gate into a finite, wrong number.
+fn check_weights(model: &TypedModel) -> Result<(), ModelError> {
+    for node in model.nodes() {
+        let Some(konst) = node.op_as::<tract_onnx::tract_core::ops::konst::Const>() else {
+            continue;
+        };
+        let tensor = konst.val();
+        let bad = match tensor.datum_type() {
+            DatumType::F32 => tensor
+                .to_plain_array_view::<f32>()
+                .map(|v| v.iter().any(|x| !x.is_finite()))
+                .unwrap_or(false),
+            DatumType::F64 => tensor
+                .to_plain_array_view::<f64>()
+                .map(|v| v.iter().any(|x| !x.is_finite()))
+                .unwrap_or(false),
+            _ => false,
+        };
+        if bad {
+            return Err(ModelError::Load(format!(
+                "the weights {:?} hold NaN or infinite values",
+                node.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Largest batch (series × passes) run in one tract call; bigger ticks are split so that
 /// memory stays bounded (TRACT.md: RSS grows with the batch).
 const MAX_BATCH: usize = 4096;
@@ -188,6 +217,7 @@ impl Model {
             .and_then(|m| m.into_typed())
             .map_err(|e| ModelError::Load(format!("{e:#}")))?;
         check_io(&model, &card)?;
+        check_weights(&model)?;
         let plan = model
             .into_optimized()
             .and_then(|m| m.into_runnable())
@@ -584,6 +614,50 @@ mod tests {
     fn bytes_that_are_not_onnx_are_refused() {
         let err = Model::from_parts(b"not an onnx file", EMBEDDED_CARD).expect_err("refused");
         assert_eq!(err.reason(), "load");
+    }
+
+    /// NaN weights load (ONNX does not forbid them) but are refused at start, not at the
+    /// first tick. The NaN goes into float runs of the file, so it lands in weight data
+    /// rather than in the protobuf structure.
+    #[test]
+    fn nan_weights_are_refused_at_load() {
+        let mut refused_as_non_finite = 0;
+        // Offsets whose 16 bytes before and after look like ordinary f32 weights.
+        let plausible = |b: &[u8], at: usize| {
+            b[at - 16..at + 20].chunks_exact(4).all(|w| {
+                let v = f32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                v.is_finite() && v.abs() > 1e-6 && v.abs() < 10.0
+            })
+        };
+        let n = EMBEDDED_MODEL.len();
+        let mut tried = 0;
+        let mut at = n / 4;
+        while at < n - 64 && tried < 8 {
+            if plausible(EMBEDDED_MODEL, at) {
+                let mut bytes = EMBEDDED_MODEL.to_vec();
+                // Overwrite a whole 64-byte run: every alignment gets a NaN.
+                for k in 0..16 {
+                    bytes[at + 4 * k..at + 4 * k + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+                }
+                let bytes_shifted: Vec<u8> = bytes.clone();
+                match Model::from_parts(&bytes_shifted, EMBEDDED_CARD) {
+                    Err(e) if e.to_string().contains("NaN or infinite") => {
+                        refused_as_non_finite += 1
+                    }
+                    Err(_) => {}
+                    Ok(_) => panic!("a model with NaN weights at byte {at} was accepted"),
+                }
+                tried += 1;
+                at += n / 16;
+            } else {
+                at += 1;
+            }
+        }
+        assert!(tried >= 4, "found weight runs to poison: {tried}");
+        assert_eq!(
+            refused_as_non_finite, tried,
+            "every poisoned model named as such"
+        );
     }
 
     #[test]
