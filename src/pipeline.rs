@@ -825,3 +825,62 @@ mod tests {
         assert!(c.restore(good, 1).is_err());
     }
 }
+
+#[cfg(test)]
+mod staleness_tests {
+    use super::*;
+
+    /// When data stop arriving, forecasts stay up while the newest steps still hold data,
+    /// then the series turns not ready and its forecast gauges disappear: never stale
+    /// numbers forever, never NaN.
+    #[test]
+    fn forecasts_stop_when_the_history_goes_stale() {
+        let model = Arc::new(Model::embedded().expect("model"));
+        let mut engine = Engine::new(
+            model,
+            EngineSettings {
+                mc_passes: 4,
+                seed: 1,
+                band: BandMode::Calibrated,
+                limits: SeriesLimits {
+                    max_series: 2,
+                    max_children: 4,
+                    max_gap_seconds: 120.0,
+                },
+            },
+        );
+        let metrics = Metrics::new("flowcast", &[]).expect("metrics");
+        let shared = Shared::new(metrics, "api".into(), Vec::new());
+        let last = 28_000_000_i64; // the last minute with data
+        for m in last - 239..=last {
+            engine.record_rate(&[], m, 40.0 + (m % 9) as f64);
+        }
+        let mut ready_until = None;
+        for minutes_after in 1..=40 {
+            let origin = (last + 1 + minutes_after) * MINUTE_SECONDS;
+            let report = engine.tick(origin).expect("tick");
+            let ready = report.series[0].forecast.is_some();
+            let reason = report.series[0].not_ready_reason;
+            shared.publish(report);
+            let text = String::from_utf8(shared.metrics.encode_text()).expect("utf-8");
+            assert!(!text.contains("NaN"), "no NaN at +{minutes_after} min");
+            let has_forecast = text.contains("flowcast_forecast_upper_requests_per_second{");
+            assert_eq!(
+                ready, has_forecast,
+                "gauges follow readiness at +{minutes_after}"
+            );
+            if ready {
+                ready_until = Some(minutes_after);
+            } else {
+                assert_eq!(reason, Some("stale"), "+{minutes_after} min");
+                assert!(text.contains("flowcast_ready{series=\"api\"} 0"));
+            }
+        }
+        let until = ready_until.expect("forecasts stayed up after the data stopped");
+        // The newest 3 five-minute steps (15 minutes) must hold data.
+        assert!(
+            (10..=15).contains(&until),
+            "ready for {until} min after the last data"
+        );
+    }
+}
