@@ -105,8 +105,8 @@ pub struct BacktestArgs {
     /// Seed of the Monte-Carlo dropout masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Monte-Carlo passes per forecast.
-    #[arg(long, default_value_t = 100)]
+    /// Monte-Carlo passes per forecast (the sidecar's default).
+    #[arg(long, default_value_t = 30)]
     pub mc_passes: usize,
     /// Band: calibrated (default), un3 or un2.
     #[arg(long, default_value = "calibrated")]

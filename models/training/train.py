@@ -688,7 +688,7 @@ def main():
         "dropout": {"rate": P_DROP, "mask_width": MASK_WIDTH,
                     "mask_layout": [["encoder_layer1_output", HIDDEN], ["decoder_layer1_output", HIDDEN],
                                     ["decoder_layer2_output", HIDDEN]]},
-        "mc_passes": 100,
+        "mc_passes": 30,  # the sidecar's default: models/README.md's ablation
         "calibration_prior": cal,
         "training": {
             "data": used,
