@@ -5,6 +5,7 @@ mod prometheus_source;
 mod restarts;
 mod robustness;
 mod support;
+mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

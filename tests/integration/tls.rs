@@ -1,0 +1,206 @@
+//! Authentication and TLS to the target: an https fake app (certificate signed by a test CA
+//! in tests/fixtures/tls) that demands credentials. The sidecar trusts the CA only when
+//! told to, sends basic auth or a bearer token read from files, and picks up a rotated
+//! token without a restart.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flowcast::config::FileConfig;
+use flowcast::model::Model;
+use flowcast::sidecar::Sidecar;
+use http_body_util::Full;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{read_metrics, value};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+/// An https app that answers 200 with a growing counter when the Authorization header
+/// equals `expected`, else 401.
+async fn https_app(expected: Arc<Mutex<String>>) -> String {
+    let certs = CertificateDer::pem_file_iter(fixture("server.pem"))
+        .expect("cert file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(fixture("server.key")).expect("key");
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!(
+        "https://127.0.0.1:{}/metrics",
+        listener.local_addr().expect("addr").port()
+    );
+    let counter = Arc::new(Mutex::new(100.0_f64));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, expected, counter) = (
+                acceptor.clone(),
+                Arc::clone(&expected),
+                Arc::clone(&counter),
+            );
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return; // the client refused our certificate
+                };
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let ok = auth == *expected.lock().expect("lock");
+                    let c = {
+                        let mut c = counter.lock().expect("lock");
+                        *c += 10.0;
+                        *c
+                    };
+                    async move {
+                        let mut r = Response::new(Full::new(Bytes::from(if ok {
+                            format!("# TYPE app_requests_total counter\napp_requests_total {c}\n")
+                        } else {
+                            "unauthorised".to_string()
+                        })));
+                        if !ok {
+                            *r.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+async fn run_sidecar(config: FileConfig) -> (String, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics = format!("http://{}/metrics", listener.local_addr().expect("addr"));
+    let config = FileConfig {
+        selector: Some("app_requests_total".into()),
+        scrape_interval: Some("1s".into()),
+        forecast_interval: Some("1s".into()),
+        mc_passes: Some(5),
+        ..config
+    }
+    .validate()
+    .expect("config");
+    let sidecar =
+        Sidecar::new(&config, Arc::new(Model::embedded().expect("model"))).expect("sidecar");
+    let token = CancellationToken::new();
+    tokio::spawn(sidecar.run(listener, token.clone()));
+    (metrics, token)
+}
+
+/// Waits (bounded) until the scrape counters satisfy `done(ok, failures by reason)`.
+async fn wait_scrapes(metrics: &str, what: &str, done: impl Fn(f64, &dyn Fn(&str) -> f64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = reqwest::get(metrics).await {
+            let s = read_metrics(&r.text().await.unwrap_or_default());
+            let total = value(&s, "flowcast_scrapes_total", &[]).unwrap_or(0.0);
+            let failed = |reason: &str| {
+                value(&s, "flowcast_scrape_failures_total", &[("reason", reason)]).unwrap_or(0.0)
+            };
+            let all_failed: f64 = s
+                .iter()
+                .filter(|x| x.name == "flowcast_scrape_failures_total")
+                .map(|x| x.value)
+                .sum();
+            if done(total - all_failed, &failed) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_targets_need_the_ca_and_credentials_from_files() {
+    let dir = std::env::temp_dir().join(format!("flowcast-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let password = dir.join("password");
+    std::fs::write(&password, "hunter2\n").expect("password");
+    // "flow:hunter2" in base64.
+    let basic = Arc::new(Mutex::new("Basic ZmxvdzpodW50ZXIy".to_string()));
+    let url = https_app(Arc::clone(&basic)).await;
+
+    // Without the CA the certificate is not trusted: every scrape fails to connect.
+    let (m, stop) = run_sidecar(FileConfig {
+        target: Some(url.clone()),
+        target_basic_auth_user: Some("flow".into()),
+        target_basic_auth_password_file: Some(password.clone()),
+        ..FileConfig::default()
+    })
+    .await;
+    wait_scrapes(&m, "untrusted", |ok, failed| {
+        ok == 0.0 && failed("connect") >= 2.0
+    })
+    .await;
+    stop.cancel();
+
+    // With the CA and the right password: scrapes succeed.
+    let (m, stop) = run_sidecar(FileConfig {
+        target: Some(url.clone()),
+        target_ca_file: Some(fixture("ca.pem")),
+        target_basic_auth_user: Some("flow".into()),
+        target_basic_auth_password_file: Some(password.clone()),
+        ..FileConfig::default()
+    })
+    .await;
+    wait_scrapes(&m, "trusted", |ok, _| ok >= 2.0).await;
+    stop.cancel();
+
+    // A bearer token is re-read on every scrape: rotating the file fixes a 401.
+    let token = dir.join("token");
+    std::fs::write(&token, "t1").expect("token");
+    *basic.lock().expect("lock") = "Bearer t1".into();
+    let (m, stop) = run_sidecar(FileConfig {
+        target: Some(url),
+        target_ca_file: Some(fixture("ca.pem")),
+        target_bearer_token_file: Some(token.clone()),
+        ..FileConfig::default()
+    })
+    .await;
+    wait_scrapes(&m, "token t1", |ok, _| ok >= 1.0).await;
+    *basic.lock().expect("lock") = "Bearer t2".into(); // the server rotated
+    wait_scrapes(&m, "401 after rotation", |_, failed| {
+        failed("http_4xx") >= 1.0
+    })
+    .await;
+    std::fs::write(&token, "t2\n").expect("rotate the file");
+    let seen_ok = Arc::new(Mutex::new(None::<f64>));
+    wait_scrapes(&m, "token t2", |ok, failed| {
+        // Successes resume once the file holds the new token.
+        let mut s = seen_ok.lock().expect("lock");
+        let first = *s.get_or_insert(ok);
+        let _ = failed;
+        ok >= first + 2.0
+    })
+    .await;
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
