@@ -139,6 +139,16 @@ pub struct FileConfig {
     /// Address to serve /metrics and the other endpoints on. Default: `127.0.0.1:9464`.
     #[arg(long, env = "FLOWCAST_LISTEN")]
     pub listen: Option<String>,
+    /// A file holding a bearer token that every request to flowcast's endpoints must carry
+    /// (except /healthz and /readyz, for probes); re-read on every request.
+    #[arg(long, env = "FLOWCAST_LISTEN_BEARER_TOKEN_FILE")]
+    pub listen_bearer_token_file: Option<PathBuf>,
+    /// Basic-auth user name required on flowcast's endpoints (with the password file).
+    #[arg(long, env = "FLOWCAST_LISTEN_BASIC_AUTH_USER")]
+    pub listen_basic_auth_user: Option<String>,
+    /// A file holding the basic-auth password required on flowcast's endpoints.
+    #[arg(long, env = "FLOWCAST_LISTEN_BASIC_AUTH_PASSWORD_FILE")]
+    pub listen_basic_auth_password_file: Option<PathBuf>,
     /// Path of a user ONNX model of the same contract; default: the embedded model.
     #[arg(long, env = "FLOWCAST_MODEL")]
     pub model: Option<PathBuf>,
@@ -251,6 +261,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Listen address.
     pub listen: SocketAddr,
+    /// Credentials required on flowcast's own endpoints (no CA).
+    pub listen_auth: HttpAuth,
     /// Model source.
     pub model: ModelSource,
     /// Mask seed.
@@ -576,6 +588,13 @@ impl FileConfig {
                 format!("{listen_text:?} is not an address like 127.0.0.1:9464: {e}"),
             )
         })?;
+        let listen_auth = auth(
+            "listen",
+            self.listen_bearer_token_file.clone(),
+            self.listen_basic_auth_user.clone(),
+            self.listen_basic_auth_password_file.clone(),
+            None,
+        )?;
         let model = match (self.model, self.model_card) {
             (None, None) => ModelSource::Embedded,
             (Some(model), Some(card)) => ModelSource::Files { model, card },
@@ -620,6 +639,7 @@ impl FileConfig {
             snapshot_interval,
             shutdown_grace,
             listen,
+            listen_auth,
             model,
             seed: self.seed.unwrap_or(0),
             metric_prefix,
@@ -670,6 +690,9 @@ fn auth(
     };
     let key = |name: &str| -> &'static str {
         match (prefix, name) {
+            ("listen", "token") => "listen_bearer_token_file",
+            ("listen", "user") => "listen_basic_auth_user",
+            ("listen", _) => "listen_basic_auth_password_file",
             ("target", "token") => "target_bearer_token_file",
             ("target", "user") => "target_basic_auth_user",
             ("target", "password") => "target_basic_auth_password_file",

@@ -437,6 +437,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Capacity-signal settings.
     pub capacity: Capacity,
+    /// Credentials required on flowcast's own endpoints (none by default).
+    pub endpoint_auth: crate::scrape::HttpAuth,
 }
 
 impl Shared {
@@ -449,7 +451,14 @@ impl Shared {
             by,
             ready: AtomicBool::new(false),
             capacity: Capacity::default(),
+            endpoint_auth: crate::scrape::HttpAuth::default(),
         }
+    }
+
+    /// The same, requiring these credentials on every endpoint but the probes.
+    pub fn with_endpoint_auth(mut self, auth: crate::scrape::HttpAuth) -> Self {
+        self.endpoint_auth = auth;
+        self
     }
 
     /// The same, with capacity signals.

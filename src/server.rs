@@ -131,11 +131,58 @@ fn wants_openmetrics(req: &Request<Incoming>) -> bool {
     om > 0.0 && om >= quality("text/plain")
 }
 
+/// Whether the request carries the credentials configured for flowcast's endpoints
+/// (always true when none are). Secret files are read per request, so rotation needs no
+/// restart; an unreadable file refuses everything rather than opening up.
+fn authorised(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let auth = &shared.endpoint_auth;
+    let expected = match (&auth.bearer_token_file, &auth.basic) {
+        (None, None) => return true,
+        (Some(path), _) => match std::fs::read_to_string(path) {
+            Ok(t) => format!("Bearer {}", t.trim()),
+            Err(_) => return false,
+        },
+        (None, Some((user, path))) => match std::fs::read_to_string(path) {
+            Ok(p) => {
+                use base64::Engine as _;
+                let pair = format!("{user}:{}", p.trim());
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                )
+            }
+            Err(_) => return false,
+        },
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    constant_time_eq(given, expected.as_bytes())
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
+    let probe = matches!(path.as_str(), "/healthz" | "/readyz");
     let response = if req.method() != Method::GET && req.method() != Method::HEAD {
         text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n")
+    } else if !probe && !authorised(shared, &req) {
+        let mut r = text(StatusCode::UNAUTHORIZED, "unauthorised\n");
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"flowcast\", Basic realm=\"flowcast\""),
+        );
+        r
     } else {
         match path.as_str() {
             "/metrics" => {

@@ -115,7 +115,8 @@ impl Sidecar {
         };
         let shared = Arc::new(
             Shared::new(metrics, config.series_name.clone(), config.by.clone())
-                .with_capacity(config.capacity.clone()),
+                .with_capacity(config.capacity.clone())
+                .with_endpoint_auth(config.listen_auth.clone()),
         );
         let state = config.state_dir.as_ref().map(|dir| StateSettings {
             dir: dir.clone(),

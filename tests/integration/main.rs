@@ -4,6 +4,7 @@ mod hostile;
 mod prometheus_source;
 mod restarts;
 mod robustness;
+mod secrets;
 mod support;
 mod tls;
 
