@@ -1,0 +1,436 @@
+//! The web page in a real headless Chromium (issue #5): `flowcast demo` on loopback, the
+//! page rendered by the browser, its DOM and a screenshot checked.
+//!
+//! Needs Debian's `chromium` package. Without it the test says so and skips, unless
+//! `FLOWCAST_REQUIRE_TOOLS=1` is set. With `FLOWCAST_WRITE_SCREENSHOT=1` the screenshot is
+//! also written to `docs/web-page.png`, the image the README shows:
+//!
+//! ```sh
+//! FLOWCAST_WRITE_SCREENSHOT=1 cargo test --release --test browser
+//! ```
+
+use std::collections::HashSet;
+use std::io::{BufRead as _, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use flowcast::exposition::{self, Format};
+
+/// The demo's series: the `series` label and the `route` of each.
+const SERIES: &str = "demo";
+const ROUTES: [&str; 2] = ["/api/orders", "/api/search"];
+/// Browser window; the page is about 750 px wide, so the screenshot stays small.
+const WINDOW: (u32, u32) = (800, 760);
+/// Chart colours from src/server.rs, as painted: the observed line, the mean line, and the
+/// band (#f4a261 at 35 % opacity over the chart's #fafafa background).
+const OBSERVED_RGB: [u8; 3] = [0x26, 0x46, 0x53];
+const MEAN_RGB: [u8; 3] = [0xe7, 0x6f, 0x51];
+const BAND_RGB: [u8; 3] = [248, 219, 196];
+/// One Chromium run (start, load over loopback, render, exit) must finish within this.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Chromium loads the demo's page, and both what it parsed (the DOM) and what it painted
+/// (the screenshot) show every series with its band, mean and observed line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_renders_the_chart_of_every_series() {
+    let Some(chromium) = tool("chromium") else {
+        return;
+    };
+    let started = Instant::now();
+    let (_demo, page_url, metrics_url) = start_demo().await;
+    wait_until_ready(&metrics_url).await;
+    let ready_after = started.elapsed();
+
+    let dir = TempDir::new("flowcast-browser");
+    let screenshot = dir.0.join("web-page.png");
+    let (dom, shot) = tokio::task::spawn_blocking({
+        let (chromium, dir, url, screenshot) = (
+            chromium.clone(),
+            dir.0.clone(),
+            page_url.clone(),
+            screenshot.clone(),
+        );
+        move || {
+            let dom = chromium_run(
+                &chromium,
+                &dir.join("profile-dom"),
+                &["--dump-dom".to_string()],
+                &url,
+            );
+            let shot = chromium_run(
+                &chromium,
+                &dir.join("profile-shot"),
+                &[format!("--screenshot={}", screenshot.display())],
+                &url,
+            );
+            (dom, shot)
+        }
+    })
+    .await
+    .expect("the chromium runs do not panic");
+    eprintln!(
+        "ready after {ready_after:.1?}; chromium --dump-dom {:.1?}, --screenshot {:.1?}",
+        dom.elapsed, shot.elapsed
+    );
+
+    check_dom(&dom.stdout);
+    let png = std::fs::read(&screenshot).unwrap_or_else(|e| {
+        panic!(
+            "chromium wrote no screenshot at {} ({e}); stderr:\n{}",
+            screenshot.display(),
+            shot.stderr
+        )
+    });
+    check_screenshot(&png);
+    if std::env::var_os("FLOWCAST_WRITE_SCREENSHOT").is_some_and(|v| v == "1") {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&docs).expect("create docs/");
+        std::fs::write(docs.join("web-page.png"), &png).expect("write docs/web-page.png");
+        eprintln!(
+            "wrote docs/web-page.png ({} bytes, {}x{})",
+            png.len(),
+            WINDOW.0,
+            WINDOW.1
+        );
+    }
+}
+
+/// The serialised DOM has, per series, a section with its name, readiness, coverage and an
+/// inline SVG whose band, mean and observed paths have drawable, in-bounds `d` data.
+fn check_dom(dom: &str) {
+    assert!(
+        dom.contains("<h1>flowcast</h1>"),
+        "not the flowcast page:\n{dom}"
+    );
+    let coverage = regex::Regex::new(r"coverage \(5m\): (–|\d{1,3}%)").expect("regex");
+    let history = regex::Regex::new(r"history: (\d+) min").expect("regex");
+    for route in ROUTES {
+        let heading = format!("<h2>{SERIES} / {route}</h2>");
+        let start = dom
+            .find(&heading)
+            .unwrap_or_else(|| panic!("no section {heading} in the DOM:\n{dom}"));
+        let end = dom[start..].find("</div>").map_or(dom.len(), |i| start + i);
+        let section = &dom[start..end];
+        assert!(
+            section.contains("ready: yes"),
+            "{route} not ready:\n{section}"
+        );
+        assert!(
+            coverage.is_match(section),
+            "{route}: no coverage text:\n{section}"
+        );
+        let minutes: u32 = history
+            .captures(section)
+            .and_then(|c| c[1].parse().ok())
+            .unwrap_or_else(|| panic!("{route}: no history text:\n{section}"));
+        assert!(minutes >= 180, "{route}: {minutes} min of history");
+        let svg_start = section
+            .find("<svg")
+            .unwrap_or_else(|| panic!("{route}: no <svg>:\n{section}"));
+        let svg = &section[svg_start..];
+        assert!(svg.contains("</svg>"), "{route}: unclosed <svg>:\n{svg}");
+        for (class, min_points) in [("band", 6), ("mean", 3), ("observed", 20)] {
+            let d = path_data(svg, class)
+                .unwrap_or_else(|| panic!("{route}: no <path class=\"{class}\">:\n{svg}"));
+            let points =
+                points(&d).unwrap_or_else(|| panic!("{route}: {class} path has malformed d={d:?}"));
+            assert!(
+                points.len() >= min_points,
+                "{route}: {class} path has {} points (< {min_points}): {d:?}",
+                points.len()
+            );
+            for (x, y) in points {
+                assert!(
+                    (0.0..=720.0).contains(&x) && (0.0..=200.0).contains(&y),
+                    "{route}: {class} point ({x}, {y}) outside the 720x200 chart"
+                );
+            }
+        }
+    }
+}
+
+/// The `d` attribute of the first `<path>` with this class, as Chromium serialised it.
+fn path_data(svg: &str, class: &str) -> Option<String> {
+    let tag = regex::Regex::new(r"<path\b[^>]*>").expect("regex");
+    let attr = |tag: &str, name: &str| {
+        regex::Regex::new(&format!(r#"\s{name}="([^"]*)""#))
+            .expect("regex")
+            .captures(tag)
+            .map(|c| c[1].to_string())
+    };
+    let path = tag
+        .find_iter(svg)
+        .map(|m| m.as_str())
+        .find(|t| attr(t, "class").as_deref() == Some(class));
+    path.and_then(|t| attr(t, "d"))
+}
+
+/// The points of path data made only of `M x,y`, `L x,y` and `Z`, or `None` if it has
+/// anything else (or starts with anything but a move).
+fn points(d: &str) -> Option<Vec<(f64, f64)>> {
+    let mut out = Vec::new();
+    for (i, token) in d.split_whitespace().enumerate() {
+        if token == "Z" {
+            continue;
+        }
+        let (command, xy) = token.split_at(1);
+        if !(command == "M" || (command == "L" && i > 0)) {
+            return None;
+        }
+        let (x, y) = xy.split_once(',')?;
+        out.push((x.parse().ok()?, y.parse().ok()?));
+    }
+    Some(out)
+}
+
+/// The screenshot is a PNG of the window's size, not blank, with the chart's three
+/// colours painted on enough pixels to be lines and a band rather than stray pixels.
+fn check_screenshot(png: &[u8]) {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().expect("the screenshot is a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("a sane image size")];
+    let frame = reader.next_frame(&mut buf).expect("the PNG decodes");
+    assert_eq!(
+        (frame.width, frame.height),
+        WINDOW,
+        "screenshot size differs from the window"
+    );
+    let channels = match frame.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => panic!("unexpected screenshot colour type {other:?}"),
+    };
+    let pixels: Vec<[u8; 3]> = buf[..frame.buffer_size()]
+        .chunks_exact(channels)
+        .map(|p| [p[0], p[1], p[2]])
+        .collect();
+    let distinct: HashSet<[u8; 3]> = pixels.iter().copied().collect();
+    eprintln!("screenshot: {} distinct colours", distinct.len());
+    assert!(
+        distinct.len() > 50,
+        "blank-looking screenshot: {} distinct colours",
+        distinct.len()
+    );
+    let near = |target: [u8; 3]| {
+        pixels
+            .iter()
+            .filter(|p| p.iter().zip(target).all(|(a, b)| a.abs_diff(b) <= 8))
+            .count()
+    };
+    // Each line is 2 px wide and crosses a good part of two charts; the band is an area.
+    for (what, rgb, min) in [
+        ("observed line", OBSERVED_RGB, 1000),
+        ("mean line", MEAN_RGB, 10),
+        ("band", BAND_RGB, 200),
+    ] {
+        let n = near(rgb);
+        eprintln!("screenshot: {n} px of the {what}");
+        assert!(n >= min, "{what}: {n} pixels near {rgb:?} (< {min})");
+    }
+}
+
+/// What one Chromium run printed and how long it took.
+struct BrowserRun {
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Runs headless Chromium on `url` with a fresh profile, bounded by [`BROWSER_TIMEOUT`]:
+/// a hung browser is killed (by its handle) and the test fails with its stderr.
+fn chromium_run(chromium: &Path, profile: &Path, extra: &[String], url: &str) -> BrowserRun {
+    let started = Instant::now();
+    let mut child = ChildGuard(
+        Command::new(chromium)
+            // Chromium ≥ 112 takes `--headless` as the new headless mode, which renders
+            // like the windowed browser; root in a container needs `--no-sandbox`.
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--no-first-run",
+                "--disable-extensions",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--window-size={},{}", WINDOW.0, WINDOW.1))
+            .args(extra)
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chromium starts"),
+    );
+    let stdout = drain(child.0.stdout.take().expect("stdout"));
+    let stderr = drain(child.0.stderr.take().expect("stderr"));
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait for chromium") {
+            break status;
+        }
+        if started.elapsed() > BROWSER_TIMEOUT {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            let stderr = stderr
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_default();
+            panic!("chromium did not finish within {BROWSER_TIMEOUT:?}; stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Helpers the browser started could keep the pipes open; do not wait on them forever.
+    let stdout = stdout
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_default();
+    let stderr = stderr
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_default();
+    assert!(
+        status.success(),
+        "chromium failed ({status}); stderr:\n{stderr}"
+    );
+    BrowserRun {
+        stdout,
+        stderr,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Reads a pipe to its end on a thread; the text arrives on the channel.
+fn drain(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    rx
+}
+
+/// Polls the demo's `/metrics` (bounded) until `flowcast_ready` is 1 for every route.
+async fn wait_until_ready(metrics_url: &str) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(metrics_url).send().await {
+            last = r.text().await.unwrap_or_default();
+            let mut ready = HashSet::new();
+            exposition::parse(last.as_bytes(), Format::Text004, |s| {
+                if s.name == "flowcast_ready"
+                    && s.value == 1.0
+                    && s.labels.get("series").as_deref() == Some(SERIES)
+                {
+                    if let Some(route) = s.labels.get("route") {
+                        ready.insert(route.into_owned());
+                    }
+                }
+            })
+            .expect("/metrics parses as text 0.0.4");
+            if ROUTES.iter().all(|r| ready.contains(*r)) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("demo series not all ready within 60 s; last /metrics:\n{last}");
+}
+
+/// Starts `flowcast demo` on an ephemeral loopback port and returns it with the page and
+/// `/metrics` URLs read from its banner. Its stdout keeps being drained so the demo never
+/// writes into a closed pipe.
+async fn start_demo() -> (ChildGuard, String, String) {
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_flowcast"))
+            // Longer than the test needs: the browser runs must find the demo still up.
+            .args(["demo", "--listen", "127.0.0.1:0", "--duration", "180s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("demo starts"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let (mut page, mut metrics) = (None, None);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let url = line.split_whitespace().last().unwrap_or_default();
+            if line.trim_start().starts_with("web page:") {
+                page = Some(url.to_string());
+            } else if line.trim_start().starts_with("metrics:") {
+                metrics = Some(url.to_string());
+            }
+            if let (Some(p), Some(m)) = (&page, &metrics) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send((p.clone(), m.clone()));
+                }
+            }
+        }
+    });
+    let (page, metrics) = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("the demo prints its banner within 20 s")
+        .expect("the demo prints its page and metrics URLs");
+    assert!(
+        page.starts_with("http://127.0.0.1:") && metrics.starts_with("http://127.0.0.1:"),
+        "demo not on loopback: {page} {metrics}"
+    );
+    (child, page, metrics)
+}
+
+/// The path of an external tool, or `None` (with a note) when it is not installed. With
+/// `FLOWCAST_REQUIRE_TOOLS=1` (set by .ci/run) a missing tool fails the test instead.
+/// Same rule as `tool()` in tests/integration/support.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("FLOWCAST_REQUIRE_TOOLS").is_none(),
+            "{name} is required (FLOWCAST_REQUIRE_TOOLS is set) but not on PATH"
+        );
+        eprintln!("note: {name} is not installed; skipping (apt-get install {name})");
+    }
+    found
+}
+
+/// Kills (by PID, via the handle) the child this test started, whatever the outcome.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
