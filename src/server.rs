@@ -360,15 +360,16 @@ fn chart(steps: &[Option<f64>], forecast: Option<&crate::band::Forecast>) -> Str
             let _ = write!(band, "{}{px:.1},{py:.1} ", if i == 0 { "M" } else { "L" });
         }
         let _ = write!(svg, "<path class=\"band\" d=\"{band}Z\" fill=\"#f4a261\" fill-opacity=\"0.35\" stroke=\"none\"/>");
+        // The mean, like the band, continues from the newest observation.
         let mut mean = String::new();
-        for (h, i) in f.horizons.iter().enumerate() {
-            let _ = write!(
-                mean,
-                "{}{:.1},{:.1} ",
-                if h == 0 { "M" } else { "L" },
-                x(steps.len() + h),
-                y(i.mean)
-            );
+        let points = start.map(|v| (x(last), y(v))).into_iter().chain(
+            f.horizons
+                .iter()
+                .enumerate()
+                .map(|(h, i)| (x(steps.len() + h), y(i.mean))),
+        );
+        for (k, (px, py)) in points.enumerate() {
+            let _ = write!(mean, "{}{px:.1},{py:.1} ", if k == 0 { "M" } else { "L" });
         }
         let _ = write!(svg, "<path class=\"mean\" d=\"{mean}\" fill=\"none\" stroke=\"#e76f51\" stroke-width=\"2\" stroke-dasharray=\"4 3\"/>");
     }
@@ -390,9 +391,22 @@ fn chart(steps: &[Option<f64>], forecast: Option<&crate::band::Forecast>) -> Str
         }
     }
     let _ = write!(svg, "<path class=\"observed\" d=\"{line}\" fill=\"none\" stroke=\"#264653\" stroke-width=\"2\"/>");
+    // Time marks: the window's start, now (the newest step's end) and the last horizon.
+    let now_x = x(steps.len().saturating_sub(1));
+    let hours = steps.len() as f64 * 5.0 / 60.0;
     let _ = write!(
         svg,
-        "<text x=\"12\" y=\"16\" font-size=\"11\" fill=\"#666\">max {max:.3} req/s</text></svg>"
+        "<line x1=\"{now_x:.1}\" y1=\"10\" x2=\"{now_x:.1}\" y2=\"{:.1}\" stroke=\"#bbb\" stroke-dasharray=\"2 3\"/>\
+         <text x=\"12\" y=\"16\" font-size=\"11\" fill=\"#666\">max {max:.3} req/s</text>\
+         <text x=\"12\" y=\"{:.1}\" font-size=\"10\" fill=\"#888\">-{hours:.0} h</text>\
+         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#888\" text-anchor=\"end\">now</text>\
+         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#888\" text-anchor=\"end\">+15 min</text></svg>",
+        H - 10.0,
+        H - 2.0,
+        now_x - 3.0,
+        H - 2.0,
+        W - 4.0,
+        H - 2.0
     );
     svg
 }
