@@ -1,5 +1,7 @@
 //! Exposition parsing throughput on a realistic 1 MB `/metrics` page (issue #7: >= 300 MB/s
 //! and at least 2x the `prometheus-parse` crate, both measured here in the same run).
+// criterion_group! generates public functions without doc comments.
+#![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use flowcast::exposition::{self, Format, Selector};

@@ -1,4 +1,6 @@
 //! The ring buffer and 5-minute smoothing, and inference by batch size (series x passes).
+// criterion_group! generates public functions without doc comments.
+#![allow(missing_docs)]
 
 use std::sync::Arc;
 
