@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Instead of timing ticks: simulate this many hours on a fast clock (scrapes every
+    /// 15 s with counter resets, a tick every minute) and print the RSS after each hour.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=720))]
+    pub soak_hours: Option<u32>,
 }
 
 /// Settings of `run` (and `check-config`): the configuration file and, over it, every

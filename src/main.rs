@@ -80,6 +80,25 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         }
         Command::Bench(args) => {
             let model = Arc::new(flowcast::model::Model::embedded().map_err(runtime)?);
+            if let Some(hours) = args.soak_hours {
+                let started = std::time::Instant::now();
+                let rss = flowcast::bench::soak(
+                    model,
+                    args.series as usize,
+                    hours as usize,
+                    args.mc_passes as usize,
+                )
+                .map_err(runtime)?;
+                for (hour, bytes) in &rss {
+                    println!("hour {hour:>3}: RSS {:.1} MB", *bytes as f64 / 1e6);
+                }
+                println!(
+                    "{} series, {hours} simulated hours in {:.1}s",
+                    args.series,
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
             let interval = std::time::Duration::from(args.forecast_interval).as_secs_f64();
             let r = flowcast::bench::run(
                 model,
