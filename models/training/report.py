@@ -20,8 +20,12 @@ BEGIN, END = "<!-- RESULTS:BEGIN (models/training/report.py) -->", "<!-- RESULTS
 
 
 def scores(d):
+    """score.py's JSON with the series as a dict: name -> {"300", "600", "900", "all"}."""
     with open(os.path.join(d, "scores.json")) as f:
-        return json.load(f)
+        s = json.load(f)
+    if isinstance(s["series"], list):
+        s["series"] = {e["series"]: e["rows"] for e in s["series"]}
+    return s
 
 
 def baselines(path):
@@ -94,20 +98,21 @@ def main():
     if args.ablation:
         out += ["", "### Ablation (METHOD.md §4–5), same folds",
                 "",
-                "| band | passes | cov | upper cov | per-series cov | interval score | outlier dist | avg cov | cov 5m / 10m / 15m | tick, 1 series |",
-                "|---|---:|---:|---:|---|---:|---:|---:|---|---:|"]
+                "| band | passes | cov | upper cov | per-series cov | interval score | outlier dist | avg cov | cov 5m / 10m / 15m | interval score 5m / 10m / 15m | tick, 1 series |",
+                "|---|---:|---:|---:|---|---:|---:|---:|---|---|---:|"]
         for spec in args.ablation:
-            label, d = spec.split("=", 1)
+            label, d = spec.rsplit("=", 1)
             band, passes = [x.strip() for x in label.split(",")]
             s = scores(d)
             a = s["overall"]["all"]
             l2, h2 = series_range(s, "coverage")
             per_h = " / ".join(f"{s['overall'][h]['coverage']:.3f}" for h in ("300", "600", "900"))
-            t = tick.get(passes.split()[0])
+            per_h_is = " / ".join(f"{s['overall'][h]['int_score']:.2f}" for h in ("300", "600", "900"))
+            t = tick.get(passes.split()[-1])
             ablation[label] = {k: round(a[k], 4) for k in ("coverage", "upper_cov", "nMAE", "int_score", "outlier_dist", "avg_cov")}
             ablation[label]["per_series_coverage"] = [round(l2, 4), round(h2, 4)]
             out.append(f"| {band} | {passes} | {a['coverage']:.3f} | {a['upper_cov']:.3f} | {l2:.3f}–{h2:.3f} | "
-                       f"{a['int_score']:.2f} | {a['outlier_dist']:.3f} | {a['avg_cov']:.2f} | {per_h} | "
+                       f"{a['int_score']:.2f} | {a['outlier_dist']:.3f} | {a['avg_cov']:.2f} | {per_h} | {per_h_is} | "
                        + (f"{1000 * t:.1f} ms |" if t else "– |"))
     out += ["", END]
     block = "\n".join(out)
