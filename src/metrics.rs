@@ -7,9 +7,12 @@
 //! pipeline hands it finished numbers.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use crate::band::{Forecast, Judgement};
 use crate::features::HORIZON_STEPS;
@@ -34,20 +37,20 @@ pub struct MetricsError(#[from] prometheus::Error);
 /// The per-series gauges.
 #[derive(Clone)]
 struct SeriesGauges {
-    mean: GaugeVec,
-    lower: GaugeVec,
-    upper: GaugeVec,
-    stddev: GaugeVec,
-    uncertainty: GaugeVec,
-    observed: GaugeVec,
-    anomaly: GaugeVec,
-    out_of_band: GaugeVec,
-    ready: GaugeVec,
-    history: GaugeVec,
-    coverage: GaugeVec,
-    error: GaugeVec,
-    concurrency: GaugeVec,
-    replicas: GaugeVec,
+    mean: GaugeFamily,
+    lower: GaugeFamily,
+    upper: GaugeFamily,
+    stddev: GaugeFamily,
+    uncertainty: GaugeFamily,
+    observed: GaugeFamily,
+    anomaly: GaugeFamily,
+    out_of_band: GaugeFamily,
+    ready: GaugeFamily,
+    history: GaugeFamily,
+    coverage: GaugeFamily,
+    error: GaugeFamily,
+    concurrency: GaugeFamily,
+    replicas: GaugeFamily,
 }
 
 /// All metrics, registered in one registry.
@@ -109,8 +112,8 @@ impl Metrics {
         horizon_labels.push("horizon");
         let mut component_labels = horizon_labels.clone();
         component_labels.push("component");
-        let gauge = |n: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, MetricsError> {
-            let g = GaugeVec::new(Opts::new(name(n), help), labels)?;
+        let gauge = |n: &str, help: &str, labels: &[&str]| -> Result<GaugeFamily, MetricsError> {
+            let g = GaugeFamily::new(name(n), help, labels)?;
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
@@ -337,14 +340,13 @@ impl Metrics {
         let s = &self.series;
         for (h, interval) in forecast.horizons.iter().enumerate() {
             let labels = with(series, &[HORIZONS[h]]);
-            s.mean.with_label_values(&labels).set(interval.mean);
-            s.lower.with_label_values(&labels).set(interval.lower);
-            s.upper.with_label_values(&labels).set(interval.upper);
-            s.stddev.with_label_values(&labels).set(interval.stddev);
+            s.mean.set(&labels, interval.mean);
+            s.lower.set(&labels, interval.lower);
+            s.upper.set(&labels, interval.upper);
+            s.stddev.set(&labels, interval.stddev);
             for (c, value) in interval.components.iter().enumerate() {
                 s.uncertainty
-                    .with_label_values(&with(series, &[HORIZONS[h], COMPONENTS[c]]))
-                    .set(*value);
+                    .set(&with(series, &[HORIZONS[h], COMPONENTS[c]]), *value);
             }
         }
     }
@@ -376,10 +378,10 @@ impl Metrics {
                 &s.concurrency,
                 &s.replicas,
             ] {
-                let _ = g.remove_label_values(&labels);
+                g.remove(&labels);
             }
             for c in COMPONENTS {
-                let _ = s.uncertainty.remove_label_values(&with(series, &[h, c]));
+                s.uncertainty.remove(&with(series, &[h, c]));
             }
         }
     }
@@ -387,12 +389,8 @@ impl Metrics {
     /// Publishes a series' status gauges; absent values remove their gauge.
     pub fn publish_status(&self, series: &[&str], status: &SeriesStatus) {
         let s = &self.series;
-        s.ready
-            .with_label_values(series)
-            .set(if status.ready { 1.0 } else { 0.0 });
-        s.history
-            .with_label_values(series)
-            .set(status.history_seconds);
+        s.ready.set(series, if status.ready { 1.0 } else { 0.0 });
+        s.history.set(series, status.history_seconds);
         set_or_remove(&s.observed, series, status.observed);
         set_or_remove(
             &s.anomaly,
@@ -492,12 +490,110 @@ fn with<'a>(series: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
     series.iter().chain(extra).copied().collect()
 }
 
-fn set_or_remove(g: &GaugeVec, labels: &[&str], value: Option<f64>) {
+fn set_or_remove(g: &GaugeFamily, labels: &[&str], value: Option<f64>) {
     match value.filter(|v| v.is_finite()) {
-        Some(v) => g.with_label_values(labels).set(v),
-        None => {
-            let _ = g.remove_label_values(labels);
+        Some(v) => g.set(labels, v),
+        None => g.remove(labels),
+    }
+}
+
+/// A gauge family keyed by the whole tuple of label values, used for every per-series
+/// gauge instead of `GaugeVec`. `GaugeVec` (prometheus 0.14, `vec.rs`
+/// `hash_label_values`) keys its children by a hash of the label values concatenated with
+/// no separator and does not compare the values on a hit, so `("/r/1", "15m")` and
+/// `("/r/11", "5m")` share one gauge: one series' forecast would be exported under the
+/// other's labels and the other's would vanish.
+#[derive(Clone)]
+struct GaugeFamily {
+    inner: Arc<GaugeFamilyInner>,
+}
+
+struct GaugeFamilyInner {
+    desc: prometheus::core::Desc,
+    label_names: Vec<String>,
+    values: Mutex<BTreeMap<Vec<String>, f64>>,
+}
+
+impl GaugeFamily {
+    fn new(name: String, help: &str, labels: &[&str]) -> Result<Self, prometheus::Error> {
+        let label_names: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        let desc = prometheus::core::Desc::new(
+            name,
+            help.to_string(),
+            label_names.clone(),
+            HashMap::new(),
+        )?;
+        Ok(Self {
+            inner: Arc::new(GaugeFamilyInner {
+                desc,
+                label_names,
+                values: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+
+    fn values(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<String>, f64>> {
+        // A panic while holding the lock cannot leave the map half-updated.
+        self.inner
+            .values
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the gauge with these label values (in the family's label order). A call with
+    /// the wrong number of values is a programming error and is ignored.
+    fn set(&self, labels: &[&str], value: f64) {
+        if labels.len() == self.inner.label_names.len() {
+            let key = labels.iter().map(|l| l.to_string()).collect();
+            self.values().insert(key, value);
         }
+    }
+
+    /// Removes the gauge with these label values, if present.
+    fn remove(&self, labels: &[&str]) {
+        let key: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        self.values().remove(&key);
+    }
+}
+
+impl prometheus::core::Collector for GaugeFamily {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.inner.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+        let values = self.values();
+        let mut family = MetricFamily::default();
+        family.set_name(self.inner.desc.fq_name.clone());
+        family.set_help(self.inner.desc.help.clone());
+        family.set_field_type(MetricType::GAUGE);
+        let metrics = values
+            .iter()
+            .map(|(key, value)| {
+                let mut pairs: Vec<LabelPair> = self
+                    .inner
+                    .label_names
+                    .iter()
+                    .zip(key)
+                    .map(|(name, v)| {
+                        let mut pair = LabelPair::default();
+                        pair.set_name(name.clone());
+                        pair.set_value(v.clone());
+                        pair
+                    })
+                    .collect();
+                pairs.sort();
+                let mut gauge = Gauge::default();
+                gauge.set_value(*value);
+                let mut metric = Metric::default();
+                metric.set_label(pairs);
+                metric.set_gauge(gauge);
+                metric
+            })
+            .collect();
+        family.set_metric(metrics);
+        vec![family]
     }
 }
 
@@ -511,6 +607,41 @@ mod tests {
         exposition::parse(bytes, format, |s| out.push((s.name.to_string(), s.value)))
             .expect("parses");
         out
+    }
+
+    /// Label values whose concatenations coincide stay separate gauges: ("/r/1", "15m")
+    /// and ("/r/11", "5m") collided in `GaugeVec` and shared one gauge.
+    #[test]
+    fn label_tuples_with_equal_concatenations_are_distinct_gauges() {
+        let m = Metrics::new("flowcast", &["route".to_string()]).expect("metrics");
+        let a = ["api", "/r/1"];
+        let b = ["api", "/r/11"];
+        m.series.upper.set(&with(&a, &["15m"]), 1.0);
+        m.series.upper.set(&with(&b, &["5m"]), 2.0);
+        m.series.upper.set(&with(&a, &["5m"]), 3.0);
+        let got: Vec<(String, f64)> = samples(&m.encode_text(), Format::Text004);
+        let upper: Vec<_> = got
+            .iter()
+            .filter(|(n, _)| n == "flowcast_forecast_upper_requests_per_second")
+            .collect();
+        assert_eq!(upper.len(), 3, "{got:?}");
+        let text = String::from_utf8(m.encode_text()).expect("utf-8");
+        assert!(
+            text.contains("{horizon=\"15m\",route=\"/r/1\",series=\"api\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("{horizon=\"5m\",route=\"/r/11\",series=\"api\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("{horizon=\"5m\",route=\"/r/1\",series=\"api\"} 3\n"),
+            "{text}"
+        );
+        m.series.upper.remove(&with(&b, &["5m"]));
+        let text = String::from_utf8(m.encode_text()).expect("utf-8");
+        assert!(text.contains("route=\"/r/1\",series=\"api\"} 1\n"));
+        assert!(!text.contains("/r/11"));
     }
 
     #[test]
