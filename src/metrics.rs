@@ -12,6 +12,7 @@ use prometheus::{
 };
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::band::{Forecast, Judgement};
@@ -53,10 +54,14 @@ struct SeriesGauges {
     replicas: GaugeFamily,
 }
 
-/// All metrics, registered in one registry.
+/// All metrics. The per-series gauges live in their own registry whose text is encoded
+/// once per change and cached, so that a `/metrics` request with thousands of series is a
+/// copy, not an encoding; the process's own counters and histograms are encoded per request.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    series_registry: Registry,
+    series_cache: Arc<SeriesCache>,
     series: SeriesGauges,
     /// Duration of scrapes of the target, successful or not.
     pub scrape_duration: Histogram,
@@ -105,6 +110,8 @@ impl Metrics {
     /// series labels.
     pub fn new(prefix: &str, by: &[String]) -> Result<Self, MetricsError> {
         let registry = Registry::new();
+        let series_registry = Registry::new();
+        let series_cache = Arc::new(SeriesCache::default());
         let name = |n: &str| format!("{prefix}_{n}");
         let mut series_labels: Vec<&str> = vec!["series"];
         series_labels.extend(by.iter().map(String::as_str));
@@ -113,8 +120,8 @@ impl Metrics {
         let mut component_labels = horizon_labels.clone();
         component_labels.push("component");
         let gauge = |n: &str, help: &str, labels: &[&str]| -> Result<GaugeFamily, MetricsError> {
-            let g = GaugeFamily::new(name(n), help, labels)?;
-            registry.register(Box::new(g.clone()))?;
+            let g = GaugeFamily::new(name(n), help, labels, Arc::clone(&series_cache))?;
+            series_registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
         let series = SeriesGauges {
@@ -311,6 +318,8 @@ impl Metrics {
         registry.register(Box::new(http_duration.clone()))?;
         Ok(Self {
             registry,
+            series_registry,
+            series_cache,
             series,
             scrape_duration,
             scrape_failures,
@@ -416,8 +425,23 @@ impl Metrics {
         &self.registry
     }
 
-    /// Encodes every metric in the Prometheus text format.
-    pub fn encode_text(&self) -> Vec<u8> {
+    /// Re-encodes the per-series gauges if they changed since the last encoding. The
+    /// pipeline calls it after publishing a tick, so requests find the text ready.
+    pub fn refresh_series(&self) -> Arc<Vec<u8>> {
+        let mut cached = self
+            .series_cache
+            .text
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.series_cache.dirty.swap(false, Ordering::AcqRel) {
+            let mut buf = Vec::with_capacity(cached.len() + 4096);
+            let _ = TextEncoder::new().encode(&self.series_registry.gather(), &mut buf);
+            *cached = Arc::new(buf);
+        }
+        Arc::clone(&cached)
+    }
+
+    fn encode_own(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail on I/O; a failure would be a malformed family,
         // which this module never registers.
@@ -425,16 +449,36 @@ impl Metrics {
         buf
     }
 
-    /// Every metric in OpenMetrics 1.0 text, for scrapers that ask for it.
-    pub fn encode_openmetrics(&self) -> Vec<u8> {
-        to_openmetrics(&self.encode_text())
+    /// Encodes every metric in the Prometheus text format.
+    pub fn encode_text(&self) -> Vec<u8> {
+        let series = self.refresh_series();
+        let mut buf = self.encode_own();
+        buf.extend_from_slice(&series);
+        buf
     }
+
+    /// Every metric in OpenMetrics 1.0 text, for scrapers that ask for it. The per-series
+    /// families are all gauges, which read the same in both formats.
+    pub fn encode_openmetrics(&self) -> Vec<u8> {
+        let series = self.refresh_series();
+        let mut buf = to_openmetrics(&self.encode_own());
+        buf.extend_from_slice(&series);
+        buf.extend_from_slice(b"# EOF\n");
+        buf
+    }
+}
+
+/// The cached text of the per-series registry and whether a gauge changed since.
+#[derive(Default)]
+struct SeriesCache {
+    dirty: AtomicBool,
+    text: Mutex<Arc<Vec<u8>>>,
 }
 
 /// Rewrites Prometheus text 0.0.4 from this registry as OpenMetrics 1.0: a counter's
 /// family name (in `# HELP`/`# TYPE`) drops its `_total` suffix, which stays on the
-/// samples, and the exposition ends with `# EOF`. Everything else (gauges, histograms,
-/// escaping, `NaN`/`+Inf`) is written the same way in both formats.
+/// samples. Everything else (gauges, histograms, escaping, `NaN`/`+Inf`) is written the
+/// same way in both formats. The caller appends `# EOF`.
 fn to_openmetrics(text: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(text);
     let counters: std::collections::HashSet<&str> = text
@@ -465,7 +509,6 @@ fn to_openmetrics(text: &[u8]) -> Vec<u8> {
         }
         out.push('\n');
     }
-    out.push_str("# EOF\n");
     out.into_bytes()
 }
 
@@ -512,10 +555,16 @@ struct GaugeFamilyInner {
     desc: prometheus::core::Desc,
     label_names: Vec<String>,
     values: Mutex<BTreeMap<Vec<String>, f64>>,
+    cache: Arc<SeriesCache>,
 }
 
 impl GaugeFamily {
-    fn new(name: String, help: &str, labels: &[&str]) -> Result<Self, prometheus::Error> {
+    fn new(
+        name: String,
+        help: &str,
+        labels: &[&str],
+        cache: Arc<SeriesCache>,
+    ) -> Result<Self, prometheus::Error> {
         let label_names: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
         let desc = prometheus::core::Desc::new(
             name,
@@ -528,6 +577,7 @@ impl GaugeFamily {
                 desc,
                 label_names,
                 values: Mutex::new(BTreeMap::new()),
+                cache,
             }),
         })
     }
@@ -545,14 +595,19 @@ impl GaugeFamily {
     fn set(&self, labels: &[&str], value: f64) {
         if labels.len() == self.inner.label_names.len() {
             let key = labels.iter().map(|l| l.to_string()).collect();
-            self.values().insert(key, value);
+            let old = self.values().insert(key, value);
+            if old.is_none_or(|o| o.to_bits() != value.to_bits()) {
+                self.inner.cache.dirty.store(true, Ordering::Release);
+            }
         }
     }
 
     /// Removes the gauge with these label values, if present.
     fn remove(&self, labels: &[&str]) {
         let key: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
-        self.values().remove(&key);
+        if self.values().remove(&key).is_some() {
+            self.inner.cache.dirty.store(true, Ordering::Release);
+        }
     }
 }
 

@@ -511,6 +511,7 @@ impl Shared {
             }
         }
         self.metrics.series_count.set(report.series.len() as i64);
+        self.metrics.refresh_series();
         self.set_latest(Arc::new(report));
     }
 }

@@ -1,0 +1,302 @@
+//! Same-file comparison of tract against onnxruntime (issue #7).
+//!
+//! Runs the shipped `models/flowcast.onnx` (the bytes embedded in the binary) in tract,
+//! through flowcast's own [`Model`], and in onnxruntime through the `ort` crate, on the same
+//! batches: series × (1 deterministic + `passes` Monte-Carlo) rows, with the dropout masks
+//! drawn exactly as [`Model::predict`] draws them. It checks that the two runtimes agree,
+//! then times one call of each (alternating, median of many, after a warm-up) and prints
+//! µs per call, the ratio tract/ort and µs per row. Both sides copy the inputs into their
+//! own tensors and the outputs out into vectors on every call; both run on one thread.
+//!
+//! Not run by CI. It needs the optional `ort` dependency, which never downloads anything:
+//! onnxruntime 1.31 is loaded at run time from `ORT_DYLIB_PATH`, e.g. the library inside the
+//! Python wheel (`pip install onnxruntime==1.31.1`):
+//!
+//! ```text
+//! ORT_DYLIB_PATH=$(python3 -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))')/capi/libonnxruntime.so.1.31.1 \
+//!   cargo bench --bench ort_compare --features ort-compare
+//! ```
+//!
+//! `ORT_COMPARE_SECONDS` (default 3) is the time budget of each table row.
+
+use std::time::{Duration, Instant};
+
+use flowcast::features::{
+    self, ModelInput, DECODER_FEATURES, ENCODER_FEATURES, HORIZON_STEPS, WINDOW_STEPS,
+};
+use flowcast::model::{Model, EMBEDDED_MODEL};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::Tensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The largest allowed difference between the two runtimes' outputs.
+const TOLERANCE: f32 = 1e-4;
+/// Fewest timed calls per runtime and row of the table.
+const MIN_RUNS: usize = 15;
+/// Most timed calls per runtime and row of the table.
+const MAX_RUNS: usize = 2000;
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// One raw batch: the three model inputs, row-major, and its row count.
+struct Batch {
+    rows: usize,
+    x: Vec<f32>,
+    xf: Vec<f32>,
+    mask: Vec<f32>,
+}
+
+/// Builds the batch [`Model::predict`] would build for `inputs` and `seeds`: per series a
+/// deterministic row (all-ones mask) then `passes` rows whose masks come from a ChaCha8
+/// stream seeded with the series' seed (kept with probability 1 − rate, scaled by its
+/// inverse). [`check_same_batch_as_predict`] verifies that the two agree.
+fn batch(
+    inputs: &[ModelInput],
+    seeds: &[u64],
+    passes: usize,
+    mask_width: usize,
+    rate: f64,
+) -> Batch {
+    let rows = inputs.len() * (passes + 1);
+    let keep = 1.0 - rate;
+    let scale = (1.0 / keep) as f32;
+    let mut b = Batch {
+        rows,
+        x: Vec::with_capacity(rows * WINDOW_STEPS * ENCODER_FEATURES),
+        xf: Vec::with_capacity(rows * HORIZON_STEPS * DECODER_FEATURES),
+        mask: Vec::with_capacity(rows * mask_width),
+    };
+    for (input, seed) in inputs.iter().zip(seeds) {
+        let mut rng = ChaCha8Rng::seed_from_u64(*seed);
+        for pass in 0..=passes {
+            b.x.extend(input.x.iter().flatten());
+            b.xf.extend(input.xf.iter().flatten());
+            if pass == 0 {
+                b.mask.extend(std::iter::repeat_n(1.0f32, mask_width));
+            } else {
+                b.mask.extend((0..mask_width).map(|_| {
+                    if rng.random::<f64>() < keep {
+                        scale
+                    } else {
+                        0.0
+                    }
+                }));
+            }
+        }
+    }
+    b
+}
+
+/// `series` different ready windows (level, shape and origin vary by series).
+fn inputs(series: usize) -> Vec<ModelInput> {
+    (0..series)
+        .map(|i| {
+            let level = 5.0 + 3.0 * i as f64;
+            let steps: [Option<f64>; WINDOW_STEPS] = std::array::from_fn(|k| {
+                (k % 11 != 4).then(|| level * (1.0 + 0.2 * (((k + i) % 7) as f64 - 3.0) / 3.0))
+            });
+            let origin = 1_700_000_100 + 300 * 37 * i as i64;
+            features::model_input(&steps, origin, features::ZERO_SCALE_FALLBACK)
+                .expect("the bench windows are ready")
+        })
+        .collect()
+}
+
+/// Runs one batch in onnxruntime; returns (mean, logvar) like [`Model::run_raw`].
+fn ort_run(session: &mut Session, b: &Batch) -> Result<(Vec<f32>, Vec<f32>), BoxError> {
+    let x = Tensor::from_array((
+        [b.rows, WINDOW_STEPS, ENCODER_FEATURES],
+        b.x.clone().into_boxed_slice(),
+    ))?;
+    let xf = Tensor::from_array((
+        [b.rows, HORIZON_STEPS, DECODER_FEATURES],
+        b.xf.clone().into_boxed_slice(),
+    ))?;
+    let width = b.mask.len() / b.rows;
+    let mask = Tensor::from_array(([b.rows, width], b.mask.clone().into_boxed_slice()))?;
+    let out = session.run(ort::inputs!["x" => x, "xf" => xf, "mask" => mask])?;
+    let take = |name: &str| -> Result<Vec<f32>, BoxError> {
+        let (_, data) = out[name].try_extract_tensor::<f32>()?;
+        if data.len() != b.rows * HORIZON_STEPS {
+            return Err(format!("ort output {name} has {} values", data.len()).into());
+        }
+        Ok(data.to_vec())
+    };
+    Ok((take("mean")?, take("logvar")?))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Proves that [`batch`] is the batch `predict` runs: the deterministic means must be
+/// bit-identical and the Monte-Carlo spread (u1²) equal, which needs identical masks.
+fn check_same_batch_as_predict(
+    model: &Model,
+    inputs: &[ModelInput],
+    seeds: &[u64],
+    passes: usize,
+    mean: &[f32],
+) {
+    let predicted = model.predict(inputs, seeds, passes).expect("predict runs");
+    let rows = passes + 1;
+    for (s, p) in predicted.iter().enumerate() {
+        for h in 0..HORIZON_STEPS {
+            let at = |r: usize| f64::from(mean[(s * rows + r) * HORIZON_STEPS + h]);
+            assert_eq!(p.mean[h], at(0), "deterministic row of series {s}");
+            let n = passes as f64;
+            let mc = (1..rows).map(at).sum::<f64>() / n;
+            let u1_sq = (1..rows).map(|r| (at(r) - mc).powi(2)).sum::<f64>() / n;
+            assert!(
+                (p.u1_sq[h] - u1_sq).abs() <= 1e-12 * u1_sq.max(1.0),
+                "series {s} h{h}: predict u1² {} vs this batch's {u1_sq}",
+                p.u1_sq[h]
+            );
+        }
+    }
+}
+
+/// The process's thread count (Linux), to show that no runtime started a pool.
+fn threads() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "?".to_string())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), BoxError> {
+    // `cargo bench` passes `--bench`; this harness takes no arguments.
+    let dylib = std::env::var("ORT_DYLIB_PATH").map_err(|_| {
+        "set ORT_DYLIB_PATH to onnxruntime 1.31's libonnxruntime.so \
+         (e.g. site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1 from `pip install onnxruntime==1.31.1`)"
+    })?;
+    let budget = Duration::from_secs_f64(
+        std::env::var("ORT_COMPARE_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3.0),
+    );
+
+    let model = Model::embedded()?;
+    let threads_tract = threads();
+    let mask_width = model.card().dropout.mask_width;
+    let rate = model.card().dropout.rate;
+
+    let env = ort::init_from(&dylib)?.with_name("ort_compare").build()?;
+    let mut session = Session::builder(&env)?
+        .with_optimization_level(GraphOptimizationLevel::All)?
+        .with_intra_threads(1)?
+        .with_inter_threads(1)?
+        .with_parallel_execution(false)?
+        .commit_from_memory(EMBEDDED_MODEL)?;
+    let names = |o: &[ort::value::Outlet]| o.iter().map(|o| o.name().to_string()).collect();
+    let (ins, outs): (Vec<String>, Vec<String>) =
+        (names(session.inputs()), names(session.outputs()));
+    assert_eq!(
+        ins,
+        ["x", "xf", "mask"],
+        "onnxruntime sees the model's inputs"
+    );
+    assert_eq!(
+        outs,
+        ["mean", "logvar"],
+        "onnxruntime sees the model's outputs"
+    );
+    let threads_both = threads();
+
+    println!("ort_compare: models/flowcast.onnx ({} bytes, crc32 {:08x}) in tract 0.23.9 (flowcast::model::Model, embedded) and onnxruntime via ort 2.0.0-rc.15",
+        EMBEDDED_MODEL.len(), crc32fast::hash(EMBEDDED_MODEL));
+    println!("onnxruntime: {dylib}");
+    println!("  process threads: {threads_tract} with tract loaded, {threads_both} with both");
+    println!("  {}", ort::info());
+    println!(
+        "one thread each (ort intra_op = inter_op = 1, sequential; tract has no pool); \
+         median of >= {MIN_RUNS} alternating calls, ~{:.1} s per row; mask width {mask_width}, dropout {rate}",
+        budget.as_secs_f64()
+    );
+
+    let cases = [(1usize, 10usize), (1, 30), (1, 100), (10, 30), (100, 30)];
+    let mut agree = true;
+    let mut table = Vec::new();
+    for (series, passes) in cases {
+        let inputs = inputs(series);
+        let seeds: Vec<u64> = (0..series as u64).map(|s| 1000 + s).collect();
+        let b = batch(&inputs, &seeds, passes, mask_width, rate);
+
+        let (t_mean, t_logvar) = model.run_raw(&b.x, &b.xf, &b.mask, b.rows)?;
+        let (o_mean, o_logvar) = ort_run(&mut session, &b)?;
+        check_same_batch_as_predict(&model, &inputs, &seeds, passes, &t_mean);
+        let (d_mean, d_logvar) = (
+            max_abs_diff(&t_mean, &o_mean),
+            max_abs_diff(&t_logvar, &o_logvar),
+        );
+        let ok = d_mean <= TOLERANCE && d_logvar <= TOLERANCE;
+        agree &= ok;
+        println!(
+            "agreement {series:>3} series x {passes:>3} passes ({:>4} rows): max |tract - ort| mean {d_mean:.2e}, logvar {d_logvar:.2e} -> {}",
+            b.rows,
+            if ok { "ok" } else { "MISMATCH" }
+        );
+
+        // Warm-up, then alternate the two runtimes so that load from other jobs hits both.
+        let warm = Instant::now();
+        while warm.elapsed() < budget / 10 {
+            model.run_raw(&b.x, &b.xf, &b.mask, b.rows)?;
+            ort_run(&mut session, &b)?;
+        }
+        let (mut tract_t, mut ort_t) = (Vec::new(), Vec::new());
+        let start = Instant::now();
+        while tract_t.len() < MIN_RUNS || (start.elapsed() < budget && tract_t.len() < MAX_RUNS) {
+            let t = Instant::now();
+            std::hint::black_box(model.run_raw(&b.x, &b.xf, &b.mask, b.rows)?);
+            tract_t.push(t.elapsed());
+            let t = Instant::now();
+            std::hint::black_box(ort_run(&mut session, &b)?);
+            ort_t.push(t.elapsed());
+        }
+        let runs = tract_t.len();
+        table.push((series, passes, b.rows, runs, median(tract_t), median(ort_t)));
+    }
+
+    println!();
+    println!(
+        "{:>13} {:>5} {:>5} {:>14} {:>12} {:>10} {:>13} {:>11}",
+        "series x MC",
+        "rows",
+        "runs",
+        "tract µs/call",
+        "ort µs/call",
+        "tract/ort",
+        "tract µs/row",
+        "ort µs/row"
+    );
+    for (series, passes, rows, runs, tract, ort) in table {
+        let (t, o) = (tract.as_secs_f64() * 1e6, ort.as_secs_f64() * 1e6);
+        println!(
+            "{:>13} {rows:>5} {runs:>5} {t:>14.1} {o:>12.1} {:>10.2} {:>13.1} {:>11.1}",
+            format!("{series} x {passes}"),
+            t / o,
+            t / rows as f64,
+            o / rows as f64
+        );
+    }
+    if !agree {
+        return Err(format!("tract and onnxruntime differ by more than {TOLERANCE}").into());
+    }
+    println!("\nagreement: every output within {TOLERANCE} (mean and logvar)");
+    Ok(())
+}
