@@ -184,7 +184,7 @@ fn check_weights(model: &TypedModel) -> Result<(), ModelError> {
 
 /// Largest batch (series × passes) run in one tract call; bigger ticks are split so that
 /// memory stays bounded (TRACT.md: RSS grows with the batch).
-const MAX_BATCH: usize = 4096;
+const MAX_BATCH: usize = 256;
 
 impl Model {
     /// Loads the model embedded in the binary.
