@@ -12,11 +12,17 @@
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use flowcast::exposition::{self, Format};
+use support::{tool, ChildGuard};
+
+// Shared with the integration tests; this crate uses only part of it.
+#[allow(dead_code)]
+#[path = "../integration/support/mod.rs"]
+mod support;
 
 /// The demo's series: the `series` label and the `route` of each.
 const SERIES: &str = "demo";
@@ -384,35 +390,6 @@ async fn start_demo() -> (ChildGuard, String, String) {
         "demo not on loopback: {page} {metrics}"
     );
     (child, page, metrics)
-}
-
-/// The path of an external tool, or `None` (with a note) when it is not installed. With
-/// `FLOWCAST_REQUIRE_TOOLS=1` (set by .ci/run) a missing tool fails the test instead.
-/// Same rule as `tool()` in tests/integration/support.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("FLOWCAST_REQUIRE_TOOLS").is_none(),
-            "{name} is required (FLOWCAST_REQUIRE_TOOLS is set) but not on PATH"
-        );
-        eprintln!("note: {name} is not installed; skipping (apt-get install {name})");
-    }
-    found
-}
-
-/// Kills (by PID, via the handle) the child this test started, whatever the outcome.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A fresh directory under the system temp dir, removed when dropped.

@@ -7,16 +7,11 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use flowcast::config::FileConfig;
-use flowcast::history::SeriesLimits;
-use flowcast::model::Model;
-use flowcast::pipeline::{now_unix, Engine, EngineSettings};
-use flowcast::state;
 
 use crate::dashboard::{dashboard, substitute, targets};
 use crate::keda::{scaled_object, trigger};
@@ -47,27 +42,7 @@ fn seed_snapshot(dir: &Path, target: &str) {
     }
     .validate()
     .expect("a valid configuration");
-    let model = Arc::new(Model::embedded().expect("model"));
-    let mut engine = Engine::new(
-        model,
-        EngineSettings {
-            mc_passes: 10,
-            seed: 0,
-            band: config.band,
-            limits: SeriesLimits {
-                max_series: 10,
-                max_children: 100,
-                max_gap_seconds: 120.0,
-            },
-        },
-    );
-    let now_minute = (now_unix() / 60.0).floor() as i64;
-    for m in now_minute - 240..now_minute {
-        engine.record_rate(&[], m, 20.0 + (m % 30) as f64 / 6.0);
-    }
-    let identity = state::identity(&config.source.describe(), &config.by, config.band);
-    let snapshot = engine.snapshot(identity, now_unix() - 30.0);
-    state::write(dir, &snapshot).expect("seed snapshot written");
+    crate::support::seed_snapshot(dir, &config, &[]);
 }
 
 /// A process this test started; killed (by its handle) and reaped when dropped.

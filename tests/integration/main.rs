@@ -17,7 +17,7 @@ use flowcast::config::FileConfig;
 use flowcast::model::Model;
 use flowcast::pipeline::now_unix;
 use flowcast::sidecar::Sidecar;
-use support::{get, read_metrics, value, FakeApp};
+use support::{get, read_metrics, value, ChildGuard, FakeApp};
 use tokio_util::sync::CancellationToken;
 
 const HORIZONS: [&str; 3] = ["5m", "10m", "15m"];
@@ -538,16 +538,6 @@ async fn start_demo() -> (ChildGuard, String) {
         .expect("the demo prints its banner within 20 s")
         .expect("the demo prints its metrics URL");
     (child, url)
-}
-
-/// Kills (by PID, via the handle) the child this test started, whatever the outcome.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `promtool check metrics` (Prometheus's own linter) finds nothing to report on the

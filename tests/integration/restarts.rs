@@ -4,17 +4,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowcast::band::BandMode;
 use flowcast::exposition::Selector;
-use flowcast::history::SeriesLimits;
+
 use flowcast::model::Model;
-use flowcast::pipeline::{now_unix, Engine, EngineSettings};
 use flowcast::state;
 
-use crate::support::{get, read_metrics, value, FakeApp};
+use crate::support::{get, read_metrics, seed_snapshot, value, FakeApp};
 
 const SELECTOR: &str = "app_requests_total{code!~\"5..\"}";
 
@@ -36,27 +34,17 @@ fn identity(selector: &str) -> String {
 
 /// A snapshot holding four hours of `/orders` history up to now, written as a previous
 /// sidecar with this model and config would have.
-fn seed_snapshot(dir: &Path) -> state::Snapshot {
-    let model = Arc::new(Model::embedded().expect("model"));
-    let mut engine = Engine::new(
-        model,
-        EngineSettings {
-            mc_passes: 10,
-            seed: 0,
-            band: BandMode::Calibrated,
-            limits: SeriesLimits {
-                max_series: 10,
-                max_children: 100,
-                max_gap_seconds: 120.0,
-            },
-        },
-    );
-    let now_minute = (now_unix() / 60.0).floor() as i64;
-    for m in now_minute - 240..now_minute {
-        engine.record_rate(&["/orders".to_string()], m, 20.0 + (m % 30) as f64 / 6.0);
+fn seed(dir: &Path) -> state::Snapshot {
+    let config = flowcast::config::FileConfig {
+        target: Some("http://127.0.0.1:1/metrics".into()),
+        selector: Some(SELECTOR.into()),
+        by: Some(vec!["route".into()]),
+        ..flowcast::config::FileConfig::default()
     }
-    let snapshot = engine.snapshot(identity(SELECTOR), now_unix() - 30.0);
-    state::write(dir, &snapshot).expect("seed snapshot written");
+    .validate()
+    .expect("config");
+    let snapshot = seed_snapshot(dir, &config, &["/orders".to_string()]);
+    assert_eq!(snapshot.config, identity(SELECTOR));
     snapshot
 }
 
@@ -190,7 +178,7 @@ async fn state_survives_restarts_sigterm_and_a_kill_during_the_write() {
         })
     };
     let dir = tempdir("state");
-    let seeded = seed_snapshot(&dir);
+    let seeded = seed(&dir);
     let snapshot_path = state::path_in(&dir);
     let fingerprint = Model::embedded().expect("model").fingerprint();
 

@@ -131,3 +131,46 @@ pub fn tool(name: &str) -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// Writes a `--state-dir` snapshot holding four hours of history (about 20 req/s) up to now
+/// for the series `key`, as a previous sidecar with this model and `config` would have, so
+/// a sidecar started on `dir` is ready at once.
+pub fn seed_snapshot(
+    dir: &std::path::Path,
+    config: &flowcast::config::Config,
+    key: &[String],
+) -> flowcast::state::Snapshot {
+    use flowcast::pipeline::{now_unix, Engine, EngineSettings};
+    let model = Arc::new(flowcast::model::Model::embedded().expect("model"));
+    let mut engine = Engine::new(
+        model,
+        EngineSettings {
+            mc_passes: 10,
+            seed: 0,
+            band: config.band,
+            limits: flowcast::history::SeriesLimits {
+                max_series: 10,
+                max_children: 100,
+                max_gap_seconds: 120.0,
+            },
+        },
+    );
+    let now_minute = (now_unix() / 60.0).floor() as i64;
+    for m in now_minute - 240..now_minute {
+        engine.record_rate(key, m, 20.0 + (m % 30) as f64 / 6.0);
+    }
+    let identity = flowcast::state::identity(&config.source.describe(), &config.by, config.band);
+    let snapshot = engine.snapshot(identity, now_unix() - 30.0);
+    flowcast::state::write(dir, &snapshot).expect("seed snapshot written");
+    snapshot
+}
+
+/// Kills (by PID, via the handle) the child a test started, whatever the outcome.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
