@@ -64,6 +64,12 @@ pub struct FileConfig {
     /// A PEM file of CA certificates to trust for an https target.
     #[arg(long, env = "FLOWCAST_TARGET_CA_FILE")]
     pub target_ca_file: Option<PathBuf>,
+    /// A PEM client certificate (chain) for mutual TLS with the target (with the key file).
+    #[arg(long, env = "FLOWCAST_TARGET_CLIENT_CERT_FILE")]
+    pub target_client_cert_file: Option<PathBuf>,
+    /// The PEM (PKCS#8, RSA or SEC1) private key of `target_client_cert_file`.
+    #[arg(long, env = "FLOWCAST_TARGET_CLIENT_KEY_FILE")]
+    pub target_client_key_file: Option<PathBuf>,
     /// Base URL of a Prometheus-compatible HTTP API (e.g. `http://prometheus:9090`), for
     /// `source: prometheus` and the default of `backfill_url`.
     #[arg(long, env = "FLOWCAST_PROMETHEUS_URL")]
@@ -85,6 +91,12 @@ pub struct FileConfig {
     /// A PEM file of CA certificates to trust for an https Prometheus API.
     #[arg(long, env = "FLOWCAST_PROMETHEUS_CA_FILE")]
     pub prometheus_ca_file: Option<PathBuf>,
+    /// A PEM client certificate for mutual TLS with the Prometheus API (with the key file).
+    #[arg(long, env = "FLOWCAST_PROMETHEUS_CLIENT_CERT_FILE")]
+    pub prometheus_client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `prometheus_client_cert_file`.
+    #[arg(long, env = "FLOWCAST_PROMETHEUS_CLIENT_KEY_FILE")]
+    pub prometheus_client_key_file: Option<PathBuf>,
     /// Prometheus API to backfill the last 4 hours from on start (`/api/v1/query_range`),
     /// so a new replica forecasts at once. Default: `prometheus_url` with
     /// `source: prometheus`, none with `source: scrape`. Uses the `prometheus_*` credentials.
@@ -359,6 +371,10 @@ impl FileConfig {
             self.prometheus_basic_auth_user.clone(),
             self.prometheus_basic_auth_password_file.clone(),
             self.prometheus_ca_file.clone(),
+            (
+                self.prometheus_client_cert_file.clone(),
+                self.prometheus_client_key_file.clone(),
+            ),
         )?;
         let prometheus_url = self
             .prometheus_url
@@ -386,6 +402,10 @@ impl FileConfig {
                     self.target_basic_auth_user.clone(),
                     self.target_basic_auth_password_file.clone(),
                     self.target_ca_file.clone(),
+                    (
+                        self.target_client_cert_file.clone(),
+                        self.target_client_key_file.clone(),
+                    ),
                 )?;
                 Source::Scrape {
                     target,
@@ -594,6 +614,7 @@ impl FileConfig {
             self.listen_basic_auth_user.clone(),
             self.listen_basic_auth_password_file.clone(),
             None,
+            (None, None),
         )?;
         let model = match (self.model, self.model_card) {
             (None, None) => ModelSource::Embedded,
@@ -676,6 +697,7 @@ fn auth(
     user: Option<String>,
     password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    client: (Option<PathBuf>, Option<PathBuf>),
 ) -> Result<HttpAuth, ConfigError> {
     let readable = |key: &'static str, path: &Path| {
         std::fs::metadata(path)
@@ -696,10 +718,14 @@ fn auth(
             ("target", "token") => "target_bearer_token_file",
             ("target", "user") => "target_basic_auth_user",
             ("target", "password") => "target_basic_auth_password_file",
+            ("target", "cert") => "target_client_cert_file",
+            ("target", "key") => "target_client_key_file",
             ("target", _) => "target_ca_file",
             (_, "token") => "prometheus_bearer_token_file",
             (_, "user") => "prometheus_basic_auth_user",
             (_, "password") => "prometheus_basic_auth_password_file",
+            (_, "cert") => "prometheus_client_cert_file",
+            (_, "key") => "prometheus_client_key_file",
             _ => "prometheus_ca_file",
         }
     };
@@ -724,10 +750,26 @@ fn auth(
     if let Some(p) = &ca_file {
         readable(key("ca"), p)?;
     }
+    let client_identity = match client {
+        (Some(cert), Some(k)) => {
+            readable(key("cert"), &cert)?;
+            readable(key("key"), &k)?;
+            Some((cert, k))
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                key("key"),
+                "is required with the client certificate",
+            ))
+        }
+        (None, Some(_)) => return Err(invalid(key("cert"), "is required with the client key")),
+    };
     Ok(HttpAuth {
         bearer_token_file,
         basic,
         ca_file,
+        client_identity,
     })
 }
 

@@ -75,6 +75,8 @@ pub struct HttpAuth {
     pub basic: Option<(String, PathBuf)>,
     /// A PEM file of CA certificates trusted in addition to the built-in roots.
     pub ca_file: Option<PathBuf>,
+    /// Mutual TLS: a PEM client certificate file and its private key file.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// An HTTP client bound to one timeout, body cap and authentication.
@@ -124,6 +126,23 @@ impl HttpFetcher {
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
+        }
+        if let Some((cert, key)) = &auth.client_identity {
+            let mut pem = std::fs::read(cert)
+                .map_err(|e| ScrapeError::Credentials(format!("{}: {e}", cert.display())))?;
+            pem.push(b'\n');
+            pem.extend(
+                std::fs::read(key)
+                    .map_err(|e| ScrapeError::Credentials(format!("{}: {e}", key.display())))?,
+            );
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                ScrapeError::Credentials(format!(
+                    "{} with {}: not a PEM certificate and key: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+            builder = builder.identity(identity);
         }
         let client = builder
             .build()

@@ -28,21 +28,36 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// An https app that answers 200 with a growing counter when the Authorization header
-/// equals `expected`, else 401.
-async fn https_app(expected: Arc<Mutex<String>>) -> String {
+/// equals `expected`, else 401. With `client_ca`, the TLS handshake also demands a client
+/// certificate signed by that CA (mutual TLS).
+async fn https_app(expected: Arc<Mutex<String>>, client_ca: Option<&str>) -> String {
     let certs = CertificateDer::pem_file_iter(fixture("server.pem"))
         .expect("cert file")
         .collect::<Result<Vec<_>, _>>()
         .expect("certs");
     let key = PrivateKeyDer::from_pem_file(fixture("server.key")).expect("key");
-    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocols")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("server config");
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("protocols");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(fixture(ca)).expect("client CA") {
+                roots.add(cert.expect("cert")).expect("root");
+            }
+            let verifier =
+                tokio_rustls::rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key).expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!(
@@ -146,7 +161,7 @@ async fn https_targets_need_the_ca_and_credentials_from_files() {
     std::fs::write(&password, "hunter2\n").expect("password");
     // "flow:hunter2" in base64.
     let basic = Arc::new(Mutex::new("Basic ZmxvdzpodW50ZXIy".to_string()));
-    let url = https_app(Arc::clone(&basic)).await;
+    let url = https_app(Arc::clone(&basic), None).await;
 
     // Without the CA the certificate is not trusted: every scrape fails to connect.
     let (m, stop) = run_sidecar(FileConfig {
@@ -201,6 +216,34 @@ async fn https_targets_need_the_ca_and_credentials_from_files() {
         ok >= first + 2.0
     })
     .await;
+    stop.cancel();
+
+    // Mutual TLS: without a client certificate the handshake fails; with one signed by the
+    // app's client CA (read from files) scrapes succeed.
+    let mtls = https_app(
+        Arc::new(Mutex::new("Bearer t2".into())),
+        Some("client-ca.pem"),
+    )
+    .await;
+    let base = FileConfig {
+        target: Some(mtls),
+        target_ca_file: Some(fixture("ca.pem")),
+        target_bearer_token_file: Some(token.clone()),
+        ..FileConfig::default()
+    };
+    let (m, stop) = run_sidecar(base.clone()).await;
+    wait_scrapes(&m, "no client certificate", |ok, failed| {
+        ok == 0.0 && failed("connect") + failed("body") >= 2.0
+    })
+    .await;
+    stop.cancel();
+    let (m, stop) = run_sidecar(FileConfig {
+        target_client_cert_file: Some(fixture("client.pem")),
+        target_client_key_file: Some(fixture("client.key")),
+        ..base
+    })
+    .await;
+    wait_scrapes(&m, "client certificate", |ok, _| ok >= 2.0).await;
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }
