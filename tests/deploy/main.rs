@@ -13,6 +13,7 @@
 mod support;
 
 mod dashboard;
+mod dockerfile;
 mod keda;
 mod kubernetes;
 mod prometheus;
