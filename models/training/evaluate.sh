@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Backtests flowcast on every development series and scores it with shared/eval/score.py.
 # Usage: models/training/evaluate.sh [OUT_DIR] [extra backtest flags, e.g. --mc-passes 30]
+# In-sample check of the shipped model only: it was trained on these series, so these
+# scores leak. The reported, leak-free numbers come from evaluate-all.sh (leave-series-out).
 # Needs: a release build (cargo build --release), python3 with numpy and pandas.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
