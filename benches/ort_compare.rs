@@ -2,8 +2,9 @@
 //!
 //! Runs the shipped `models/flowcast.onnx` (the bytes embedded in the binary) in tract,
 //! through flowcast's own [`Model`], and in onnxruntime through the `ort` crate, on the same
-//! batches: series × (1 deterministic + `passes` Monte-Carlo) rows, with the dropout masks
-//! drawn exactly as [`Model::predict`] draws them. It checks that the two runtimes agree,
+//! batches: one encoder row per series and series × (1 deterministic + `passes`
+//! Monte-Carlo) pass rows, with the dropout masks drawn exactly as [`Model::predict`] draws
+//! them. It checks that the two runtimes agree,
 //! then times one call of each (alternating, median of many, after a warm-up) and prints
 //! µs per call, the ratio tract/ort and µs per row. Both sides copy the inputs into their
 //! own tensors and the outputs out into vectors on every call; both run on one thread.
@@ -40,12 +41,13 @@ const MAX_RUNS: usize = 2000;
 
 type BoxError = Box<dyn std::error::Error>;
 
-/// One raw batch: the three model inputs, row-major, and its row count.
+/// One raw batch: the four model inputs, row-major.
 struct Batch {
-    rows: usize,
+    series: usize,
     x: Vec<f32>,
     xf: Vec<f32>,
     mask: Vec<f32>,
+    rows: Vec<i64>,
 }
 
 /// Builds the batch [`Model::predict`] would build for `inputs` and `seeds`: per series a
@@ -63,16 +65,18 @@ fn batch(
     let keep = 1.0 - rate;
     let scale = (1.0 / keep) as f32;
     let mut b = Batch {
-        rows,
-        x: Vec::with_capacity(rows * WINDOW_STEPS * ENCODER_FEATURES),
-        xf: Vec::with_capacity(rows * HORIZON_STEPS * DECODER_FEATURES),
+        series: inputs.len(),
+        x: Vec::with_capacity(inputs.len() * WINDOW_STEPS * ENCODER_FEATURES),
+        xf: Vec::with_capacity(inputs.len() * HORIZON_STEPS * DECODER_FEATURES),
         mask: Vec::with_capacity(rows * mask_width),
+        rows: Vec::with_capacity(rows),
     };
-    for (input, seed) in inputs.iter().zip(seeds) {
+    for (i, (input, seed)) in inputs.iter().zip(seeds).enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(*seed);
+        b.x.extend(input.x.iter().flatten());
+        b.xf.extend(input.xf.iter().flatten());
         for pass in 0..=passes {
-            b.x.extend(input.x.iter().flatten());
-            b.xf.extend(input.xf.iter().flatten());
+            b.rows.push(i as i64);
             if pass == 0 {
                 b.mask.extend(std::iter::repeat_n(1.0f32, mask_width));
             } else {
@@ -107,19 +111,20 @@ fn inputs(series: usize) -> Vec<ModelInput> {
 /// Runs one batch in onnxruntime; returns (mean, logvar) like [`Model::run_raw`].
 fn ort_run(session: &mut Session, b: &Batch) -> Result<(Vec<f32>, Vec<f32>), BoxError> {
     let x = Tensor::from_array((
-        [b.rows, WINDOW_STEPS, ENCODER_FEATURES],
+        [b.series, WINDOW_STEPS, ENCODER_FEATURES],
         b.x.clone().into_boxed_slice(),
     ))?;
     let xf = Tensor::from_array((
-        [b.rows, HORIZON_STEPS, DECODER_FEATURES],
+        [b.series, HORIZON_STEPS, DECODER_FEATURES],
         b.xf.clone().into_boxed_slice(),
     ))?;
-    let width = b.mask.len() / b.rows;
-    let mask = Tensor::from_array(([b.rows, width], b.mask.clone().into_boxed_slice()))?;
-    let out = session.run(ort::inputs!["x" => x, "xf" => xf, "mask" => mask])?;
+    let n = b.rows.len();
+    let mask = Tensor::from_array(([n, b.mask.len() / n], b.mask.clone().into_boxed_slice()))?;
+    let rows = Tensor::from_array(([n], b.rows.clone().into_boxed_slice()))?;
+    let out = session.run(ort::inputs!["x" => x, "xf" => xf, "mask" => mask, "rows" => rows])?;
     let take = |name: &str| -> Result<Vec<f32>, BoxError> {
         let (_, data) = out[name].try_extract_tensor::<f32>()?;
-        if data.len() != b.rows * HORIZON_STEPS {
+        if data.len() != n * HORIZON_STEPS {
             return Err(format!("ort output {name} has {} values", data.len()).into());
         }
         Ok(data.to_vec())
@@ -208,7 +213,7 @@ fn main() -> Result<(), BoxError> {
         (names(session.inputs()), names(session.outputs()));
     assert_eq!(
         ins,
-        ["x", "xf", "mask"],
+        ["x", "xf", "mask", "rows"],
         "onnxruntime sees the model's inputs"
     );
     assert_eq!(
@@ -237,7 +242,7 @@ fn main() -> Result<(), BoxError> {
         let seeds: Vec<u64> = (0..series as u64).map(|s| 1000 + s).collect();
         let b = batch(&inputs, &seeds, passes, mask_width, rate);
 
-        let (t_mean, t_logvar) = model.run_raw(&b.x, &b.xf, &b.mask, b.rows)?;
+        let (t_mean, t_logvar) = model.run_raw(&b.x, &b.xf, b.series, &b.mask, &b.rows)?;
         let (o_mean, o_logvar) = ort_run(&mut session, &b)?;
         check_same_batch_as_predict(&model, &inputs, &seeds, passes, &t_mean);
         let (d_mean, d_logvar) = (
@@ -248,28 +253,35 @@ fn main() -> Result<(), BoxError> {
         agree &= ok;
         println!(
             "agreement {series:>3} series x {passes:>3} passes ({:>4} rows): max |tract - ort| mean {d_mean:.2e}, logvar {d_logvar:.2e} -> {}",
-            b.rows,
+            b.rows.len(),
             if ok { "ok" } else { "MISMATCH" }
         );
 
         // Warm-up, then alternate the two runtimes so that load from other jobs hits both.
         let warm = Instant::now();
         while warm.elapsed() < budget / 10 {
-            model.run_raw(&b.x, &b.xf, &b.mask, b.rows)?;
+            model.run_raw(&b.x, &b.xf, b.series, &b.mask, &b.rows)?;
             ort_run(&mut session, &b)?;
         }
         let (mut tract_t, mut ort_t) = (Vec::new(), Vec::new());
         let start = Instant::now();
         while tract_t.len() < MIN_RUNS || (start.elapsed() < budget && tract_t.len() < MAX_RUNS) {
             let t = Instant::now();
-            std::hint::black_box(model.run_raw(&b.x, &b.xf, &b.mask, b.rows)?);
+            std::hint::black_box(model.run_raw(&b.x, &b.xf, b.series, &b.mask, &b.rows)?);
             tract_t.push(t.elapsed());
             let t = Instant::now();
             std::hint::black_box(ort_run(&mut session, &b)?);
             ort_t.push(t.elapsed());
         }
         let runs = tract_t.len();
-        table.push((series, passes, b.rows, runs, median(tract_t), median(ort_t)));
+        table.push((
+            series,
+            passes,
+            b.rows.len(),
+            runs,
+            median(tract_t),
+            median(ort_t),
+        ));
     }
 
     println!();

@@ -6,6 +6,11 @@
 //! optimise → run. Dropout masks are an explicit input drawn here with a seeded PRNG,
 //! because tract treats ONNX `Dropout` as identity (TRACT.md); an all-ones mask gives the
 //! deterministic forecast. It must not know about metrics, HTTP or the clock.
+//!
+//! The graph has two batch axes (models/README.md): `x` and `xf` hold one row per series,
+//! `mask` and `rows` one row per pass, `rows[b]` naming the series of pass `b`. The encoder
+//! runs once per series and only the decoder's last layer and the head once per pass, so
+//! Monte-Carlo passes are cheap.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -117,7 +122,7 @@ pub struct Readiness {
 pub struct Dropout {
     /// Drop probability p; kept units are scaled by 1/(1-p).
     pub rate: f64,
-    /// Width of the `mask` input.
+    /// Width of the `mask` input (the masks of the decoder's Monte-Carlo passes).
     pub mask_width: usize,
 }
 
@@ -182,9 +187,10 @@ fn check_weights(model: &TypedModel) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Largest batch (series × passes) run in one tract call; bigger ticks are split so that
-/// memory stays bounded (TRACT.md: RSS grows with the batch).
-const MAX_BATCH: usize = 256;
+/// Most pass rows (series × (passes + 1)) run in one tract call; bigger ticks are split so
+/// that memory stays bounded (TRACT.md: RSS grows with the batch). A pass row costs only
+/// the decoder's last layer and the head, so this can be large.
+const MAX_ROWS: usize = 4096;
 
 impl Model {
     /// Loads the model embedded in the binary.
@@ -253,7 +259,7 @@ impl Model {
     }
 
     /// Runs the deterministic pass and `passes` Monte-Carlo passes for every input in one
-    /// batched run (split only beyond [`MAX_BATCH`] rows). Input `i`'s masks come from a
+    /// batched run (split only beyond [`MAX_ROWS`] rows). Input `i`'s masks come from a
     /// ChaCha8 stream seeded with `seeds[i]`, so a result never depends on what else shares
     /// the batch.
     pub fn predict(
@@ -270,7 +276,7 @@ impl Model {
             )));
         }
         let rows_per_series = passes + 1;
-        let series_per_call = (MAX_BATCH / rows_per_series).max(1);
+        let series_per_call = (MAX_ROWS / rows_per_series).max(1);
         let mut out = Vec::with_capacity(inputs.len());
         for (chunk, chunk_seeds) in inputs
             .chunks(series_per_call)
@@ -284,23 +290,34 @@ impl Model {
         Ok(out)
     }
 
-    /// Runs the raw network on explicit inputs (used by the golden tests).
+    /// Runs the raw network on explicit inputs: `x` and `xf` for `series` series, then one
+    /// mask per entry of `rows` (the series index of each pass). Returns `mean` and
+    /// `logvar`, `rows.len()` × 3 each. Used by the golden tests and the benchmarks.
     pub fn run_raw(
         &self,
         x: &[f32],
         xf: &[f32],
+        series: usize,
         mask: &[f32],
-        batch: usize,
+        rows: &[i64],
     ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
         let tensor = |shape: &[usize], data: &[f32]| {
             Tensor::from_shape(shape, data).map_err(|e| ModelError::Run(format!("{e:#}")))
         };
-        let x = tensor(&[batch, WINDOW_STEPS, ENCODER_FEATURES], x)?;
-        let xf = tensor(&[batch, HORIZON_STEPS, DECODER_FEATURES], xf)?;
+        if let Some(bad) = rows.iter().find(|r| !(0..series as i64).contains(r)) {
+            return Err(ModelError::Run(format!(
+                "row names series {bad} of {series}"
+            )));
+        }
+        let batch = rows.len();
+        let x = tensor(&[series, WINDOW_STEPS, ENCODER_FEATURES], x)?;
+        let xf = tensor(&[series, HORIZON_STEPS, DECODER_FEATURES], xf)?;
         let mask = tensor(&[batch, self.mask_width], mask)?;
+        let rows =
+            Tensor::from_shape(&[batch], rows).map_err(|e| ModelError::Run(format!("{e:#}")))?;
         let result = self
             .plan
-            .run(tvec!(x.into(), xf.into(), mask.into()))
+            .run(tvec!(x.into(), xf.into(), mask.into(), rows.into()))
             .map_err(|e| ModelError::Run(format!("{e:#}")))?;
         let take = |i: usize| -> Result<Vec<f32>, ModelError> {
             let t = result
@@ -327,15 +344,17 @@ impl Model {
         rows_per_series: usize,
     ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
         let batch = inputs.len() * rows_per_series;
-        let mut x = Vec::with_capacity(batch * WINDOW_STEPS * ENCODER_FEATURES);
-        let mut xf = Vec::with_capacity(batch * HORIZON_STEPS * DECODER_FEATURES);
+        let mut x = Vec::with_capacity(inputs.len() * WINDOW_STEPS * ENCODER_FEATURES);
+        let mut xf = Vec::with_capacity(inputs.len() * HORIZON_STEPS * DECODER_FEATURES);
         let mut mask = Vec::with_capacity(batch * self.mask_width);
+        let mut rows = Vec::with_capacity(batch);
         let scale = (1.0 / self.keep) as f32;
-        for (input, seed) in inputs.iter().zip(seeds) {
+        for (i, (input, seed)) in inputs.iter().zip(seeds).enumerate() {
+            x.extend(input.x.iter().flatten());
+            xf.extend(input.xf.iter().flatten());
             let mut rng = ChaCha8Rng::seed_from_u64(*seed);
             for pass in 0..rows_per_series {
-                x.extend(input.x.iter().flatten());
-                xf.extend(input.xf.iter().flatten());
+                rows.push(i as i64);
                 if pass == 0 {
                     mask.extend(std::iter::repeat_n(1.0f32, self.mask_width));
                 } else {
@@ -349,7 +368,7 @@ impl Model {
                 }
             }
         }
-        self.run_raw(&x, &xf, &mask, batch)
+        self.run_raw(&x, &xf, inputs.len(), &mask, &rows)
     }
 }
 
@@ -464,6 +483,7 @@ fn check_contract(card: &ModelCard) -> Result<(), ModelError> {
             vec![None, Some(HORIZON_STEPS), Some(DECODER_FEATURES)],
         ),
         ("mask", vec![None, Some(card.dropout.mask_width)]),
+        ("rows", vec![None]),
     ];
     for (name, shape) in &expect_inputs {
         want(
@@ -481,16 +501,17 @@ fn check_contract(card: &ModelCard) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Checks the ONNX graph's inputs (x, xf, mask) and outputs (mean, logvar) against the card.
+/// Checks the ONNX graph's inputs (x, xf, mask, rows) and outputs (mean, logvar) against
+/// the card.
 fn check_io(model: &TypedModel, card: &ModelCard) -> Result<(), ModelError> {
     let err = |m: String| ModelError::Shape(m);
     let inputs = model.input_outlets().map_err(|e| err(format!("{e:#}")))?;
     let outputs = model.output_outlets().map_err(|e| err(format!("{e:#}")))?;
-    let in_names = ["x", "xf", "mask"];
+    let in_names = ["x", "xf", "mask", "rows"];
     let out_names = ["mean", "logvar"];
     if inputs.len() != in_names.len() {
         return Err(err(format!(
-            "expected 3 inputs (x, xf, mask), found {}",
+            "expected 4 inputs (x, xf, mask, rows), found {}",
             inputs.len()
         )));
     }
@@ -505,9 +526,14 @@ fn check_io(model: &TypedModel, card: &ModelCard) -> Result<(), ModelError> {
             let fact = model
                 .outlet_fact(outlet)
                 .map_err(|e| err(format!("{e:#}")))?;
-            if fact.datum_type != f32::datum_type() {
+            let want_type = if name == "rows" {
+                i64::datum_type()
+            } else {
+                f32::datum_type()
+            };
+            if fact.datum_type != want_type {
                 return Err(err(format!(
-                    "{name} must be float32, is {:?}",
+                    "{name} must be {want_type:?}, is {:?}",
                     fact.datum_type
                 )));
             }
@@ -570,41 +596,83 @@ mod tests {
         out
     }
 
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-4, "{what}: tract {g} vs torch {w}");
+        }
+    }
+
     #[test]
     fn tract_reproduces_the_training_scripts_golden_outputs() {
         let model = Model::embedded().expect("embedded model loads");
         let golden: Golden =
             serde_json::from_str(include_str!("../models/golden.json")).expect("golden parses");
-        assert!(golden.model_cases.len() >= 2);
-        for (i, case) in golden.model_cases.iter().enumerate() {
-            let x = flattened(&case.x);
-            let batch = x.len() / (WINDOW_STEPS * ENCODER_FEATURES);
+        let cases = &golden.model_cases;
+        assert!(cases.len() >= 2);
+        for (i, case) in cases.iter().enumerate() {
             let (mean, logvar) = model
-                .run_raw(&x, &flattened(&case.xf), &flattened(&case.mask), batch)
+                .run_raw(
+                    &flattened(&case.x),
+                    &flattened(&case.xf),
+                    1,
+                    &flattened(&case.mask),
+                    &[0],
+                )
                 .expect("runs");
-            for (got, want) in mean
-                .iter()
-                .zip(flattened(&case.mean))
-                .chain(logvar.iter().zip(flattened(&case.logvar)))
-            {
-                assert!(
-                    (got - want).abs() <= 1e-4,
-                    "case {i}: tract {got} vs torch {want}"
-                );
-            }
+            close(&mean, &flattened(&case.mean), &format!("case {i} mean"));
+            close(
+                &logvar,
+                &flattened(&case.logvar),
+                &format!("case {i} logvar"),
+            );
         }
+        // All cases as one batch of series, with the passes in another order and one series
+        // passed twice: each row must follow the series its `rows` entry names.
+        let all = |f: &dyn Fn(&GoldenCase) -> &serde_json::Value| -> Vec<Vec<f32>> {
+            cases.iter().map(|c| flattened(f(c))).collect()
+        };
+        let (xs, xfs, masks) = (all(&|c| &c.x), all(&|c| &c.xf), all(&|c| &c.mask));
+        let (means, logvars) = (all(&|c| &c.mean), all(&|c| &c.logvar));
+        let mut order: Vec<usize> = (0..cases.len()).rev().collect();
+        order.push(1);
+        let pick =
+            |v: &[Vec<f32>]| -> Vec<f32> { order.iter().flat_map(|&i| v[i].clone()).collect() };
+        let rows: Vec<i64> = order.iter().map(|&i| i as i64).collect();
+        let (mean, logvar) = model
+            .run_raw(
+                &xs.concat(),
+                &xfs.concat(),
+                cases.len(),
+                &pick(&masks),
+                &rows,
+            )
+            .expect("runs");
+        close(&mean, &pick(&means), "batched mean");
+        close(&logvar, &pick(&logvars), "batched logvar");
+    }
+
+    #[test]
+    fn rows_naming_a_missing_series_are_refused() {
+        let model = Model::embedded().expect("loads");
+        let x = vec![0.0; WINDOW_STEPS * ENCODER_FEATURES];
+        let xf = vec![0.0; HORIZON_STEPS * DECODER_FEATURES];
+        let mask = vec![1.0; model.card().dropout.mask_width];
+        assert!(model.run_raw(&x, &xf, 1, &mask, &[0]).is_ok());
+        let err = model.run_raw(&x, &xf, 1, &mask, &[1]).expect_err("refused");
+        assert!(err.to_string().contains("series 1 of 1"), "{err}");
     }
 
     #[test]
     fn a_card_that_disagrees_with_the_model_is_refused() {
-        let wrong = EMBEDDED_CARD.replace("\"mask_width\": 96", "\"mask_width\": 95");
-        assert_ne!(wrong, EMBEDDED_CARD, "the card names mask_width 96");
+        let wrong = EMBEDDED_CARD.replace("\"mask_width\": 64", "\"mask_width\": 65");
+        assert_ne!(wrong, EMBEDDED_CARD, "the card names mask_width 64");
         let err = Model::from_parts(EMBEDDED_MODEL, &wrong).expect_err("refused");
         assert_eq!(err.reason(), "contract", "{err}");
         let card: serde_json::Value = serde_json::from_str(EMBEDDED_CARD).expect("card");
         let mut card = card;
-        card["inputs"]["mask"] = serde_json::json!([null, 95]);
-        card["dropout"]["mask_width"] = serde_json::json!(95);
+        card["inputs"]["mask"] = serde_json::json!([null, 65]);
+        card["dropout"]["mask_width"] = serde_json::json!(65);
         let err = Model::from_parts(EMBEDDED_MODEL, &card.to_string()).expect_err("refused");
         assert_eq!(err.reason(), "shape", "{err}");
         assert!(err.to_string().contains("mask"), "{err}");

@@ -2,7 +2,9 @@
 """Train the flowcast Seq2Seq LSTM forecaster and export it to ONNX.
 
 Writes into --out-dir (default: models/):
-  flowcast.onnx        the network (inputs x, xf, mask; outputs mean, logvar; batch axis "B")
+  flowcast.onnx        the inference graph (see McForecaster): inputs x, xf (one row per
+                       series, axis "S"), mask and rows (one row per pass, axis "B");
+                       outputs mean, logvar (axis "B")
   flowcast.card.json   the model card the Rust runtime reads
   golden.json          PyTorch reference outputs (model_cases) and feature-code
                        reference cases (feature_cases) for the Rust tests
@@ -38,7 +40,8 @@ MIN_PRESENT = 18    # readiness: at least this many present steps ...
 RECENT = 3          # ... and at least one present among the newest RECENT steps
 HIDDEN = 32
 P_DROP = 0.2
-MASK_WIDTH = 3 * HIDDEN
+MASK_WIDTH = 3 * HIDDEN      # training: dropout after encoder layer 1, decoder layers 1 and 2
+MC_MASK_WIDTH = 2 * HIDDEN   # inference: Monte-Carlo dropout in the decoder only (McForecaster)
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 6.0   # clamp inside the graph (also in the ONNX file)
 
 # Training hyper-parameters
@@ -308,9 +311,48 @@ class FlowcastNet(nn.Module):
         return mean, logvar
 
 
-def draw_masks(n, gen):
-    keep = torch.bernoulli(torch.full((n, MASK_WIDTH), 1.0 - P_DROP), generator=gen)
+class McForecaster(nn.Module):
+    """The exported inference graph: FlowcastNet with the encoder kept deterministic.
+
+    The encoder (both layers) and decoder layer 1 run once per series (inputs x, xf with
+    one row per series, axis S); decoder layer 2 and the head run once per Monte-Carlo pass
+    (mask and rows with one row per pass, axis B; rows[b] is the series of pass b). Row b
+    gives exactly what FlowcastNet gives for x[rows[b]], xf[rows[b]] and the training-layout
+    mask [ones(HIDDEN), mask[b]]: dropout after encoder layer 1 is a training regulariser
+    only. About 93 % of the network's FLOPs are in the encoder, so 100 passes cost little
+    more than one (issue #7; the quality effect is measured in models/README.md).
+    """
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, xf, mask, rows):
+        n = self.net
+        m2 = mask[:, 0:HIDDEN].unsqueeze(1)
+        m3 = mask[:, HIDDEN:2 * HIDDEN].unsqueeze(1)
+        e1, (h1, c1) = n.enc1(x)
+        _, (h2, c2) = n.enc2(e1)
+        d1, _ = n.dec1(xf, (h1, c1))
+        d1r = torch.index_select(d1, 0, rows)
+        h2r = torch.index_select(h2, 1, rows)
+        c2r = torch.index_select(c2, 1, rows)
+        d2, _ = n.dec2(d1r * m2, (h2r, c2r))
+        out = n.head(d2 * m3)                       # [B, 3, 2]
+        last = torch.index_select(x[:, WINDOW - 1, 0], 0, rows).unsqueeze(1)
+        mean = last + out[:, :, 0]
+        logvar = torch.clamp(out[:, :, 1], LOGVAR_MIN, LOGVAR_MAX)
+        return mean, logvar
+
+
+def draw_masks(n, gen, width=MASK_WIDTH):
+    keep = torch.bernoulli(torch.full((n, width), 1.0 - P_DROP), generator=gen)
     return keep * (1.0 / (1.0 - P_DROP))
+
+
+def mc_masks(n, gen):
+    """Training-layout masks for Monte-Carlo passes at inference: encoder mask all ones."""
+    return torch.cat([torch.ones(n, MASK_WIDTH - MC_MASK_WIDTH), draw_masks(n, gen, MC_MASK_WIDTH)], 1)
 
 
 def kg_loss(mean, logvar, y, m):
@@ -357,7 +399,7 @@ def calibrate(model, data, gen, bs=4096):
             mu, _ = model(x, xf, torch.ones(B, MASK_WIDTH))
             xr = x.repeat(MC_PASSES_CAL, 1, 1)
             xfr = xf.repeat(MC_PASSES_CAL, 1, 1)
-            mc_mean, mc_lv = model(xr, xfr, draw_masks(B * MC_PASSES_CAL, gen))
+            mc_mean, mc_lv = model(xr, xfr, mc_masks(B * MC_PASSES_CAL, gen))
             mc_mean = mc_mean.view(MC_PASSES_CAL, B, HORIZON)
             mc_lv = mc_lv.view(MC_PASSES_CAL, B, HORIZON)
             mus.append(mu.double().numpy())
@@ -605,10 +647,24 @@ def main():
     # --- export ---------------------------------------------------------------------------
     os.makedirs(args.out_dir, exist_ok=True)
     onnx_path = os.path.join(args.out_dir, "flowcast.onnx")
-    dummy = (torch.zeros(2, WINDOW, 6), torch.zeros(2, HORIZON, 4), torch.ones(2, MASK_WIDTH))
-    torch.onnx.export(model, dummy, onnx_path, dynamo=False, opset_version=17,
-                      input_names=["x", "xf", "mask"], output_names=["mean", "logvar"],
-                      dynamic_axes={n: {0: "B"} for n in ("x", "xf", "mask", "mean", "logvar")})
+    mc = McForecaster(model).eval()
+    # the inference graph must be the training network with the encoder mask at one
+    with torch.no_grad():
+        vx, vxf = data[0]["val"]["x"][:4], data[0]["val"]["xf"][:4]
+        vrows = torch.tensor([2, 0, 3, 3, 1, 0], dtype=torch.int64)[: 2 * vx.shape[0] - 2]
+        vrows = vrows[vrows < vx.shape[0]]
+        vm = draw_masks(len(vrows), gen, MC_MASK_WIDTH)
+        a_mean, a_lv = mc(vx, vxf, vm, vrows)
+        full = torch.cat([torch.ones(len(vrows), MASK_WIDTH - MC_MASK_WIDTH), vm], 1)
+        b_mean, b_lv = model(vx[vrows], vxf[vrows], full)
+        gap = max(float((a_mean - b_mean).abs().max()), float((a_lv - b_lv).abs().max()))
+        assert gap < 1e-5, f"McForecaster disagrees with FlowcastNet by {gap}"
+    dummy = (torch.zeros(2, WINDOW, 6), torch.zeros(2, HORIZON, 4), torch.ones(3, MC_MASK_WIDTH),
+             torch.tensor([0, 1, 1], dtype=torch.int64))
+    torch.onnx.export(mc, dummy, onnx_path, dynamo=False, opset_version=17,
+                      input_names=["x", "xf", "mask", "rows"], output_names=["mean", "logvar"],
+                      dynamic_axes={"x": {0: "S"}, "xf": {0: "S"}, "mask": {0: "B"},
+                                    "rows": {0: "B"}, "mean": {0: "B"}, "logvar": {0: "B"}})
     with open(onnx_path, "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
     size = os.path.getsize(onnx_path)
@@ -624,9 +680,9 @@ def main():
         part = d["val"] if d["val"]["x"].shape[0] > 0 else d["train"]
         i = int(g_rng.integers(part["x"].shape[0]))
         x, xf = part["x"][i:i + 1], part["xf"][i:i + 1]
-        mask = torch.ones(1, MASK_WIDTH) if ci < 3 else draw_masks(1, g_gen)
+        mask = torch.ones(1, MC_MASK_WIDTH) if ci < 3 else draw_masks(1, g_gen, MC_MASK_WIDTH)
         with torch.no_grad():
-            mean, lv = model(x, xf, mask)
+            mean, lv = mc(x, xf, mask, torch.zeros(1, dtype=torch.int64))
         model_cases.append({"series": d["name"], "origin": int(part["origin"][i]),
                             "mask_kind": "ones" if ci < 3 else "random",
                             "x": x.tolist(), "xf": xf.tolist(), "mask": mask.tolist(),
@@ -640,7 +696,11 @@ def main():
         xb = torch.cat([torch.tensor(c["x"]) for c in model_cases])
         xfb = torch.cat([torch.tensor(c["xf"]) for c in model_cases])
         mb = torch.cat([torch.tensor(c["mask"]) for c in model_cases])
-        om, olv = sess.run(None, {"x": xb.numpy(), "xf": xfb.numpy(), "mask": mb.numpy()})
+        # passes in reverse order, so that the check also covers the rows gather
+        rb = np.arange(len(model_cases), dtype=np.int64)[::-1].copy()
+        om, olv = sess.run(None, {"x": xb.numpy(), "xf": xfb.numpy(), "mask": mb.numpy()[rb],
+                                  "rows": rb})
+        om, olv = om[::-1], olv[::-1]
         tm = np.concatenate([np.asarray(c["mean"]) for c in model_cases])
         tl = np.concatenate([np.asarray(c["logvar"]) for c in model_cases])
         diff = max(float(np.abs(om - tm).max()), float(np.abs(olv - tl).max()))
@@ -662,8 +722,9 @@ def main():
         assert np.abs(x2[0] - np.asarray(fc["x"])).max() < 1e-12
         assert np.abs(xf2[0] - np.asarray(fc["xf"])).max() < 1e-12
     golden = {
-        "description": "model_cases: PyTorch outputs of flowcast.onnx's network, each with batch size 1 "
-                       "(x [1,36,6], xf [1,3,4], mask [1,96], mean [1,3], logvar [1,3]; float32 values). "
+        "description": "model_cases: PyTorch outputs of flowcast.onnx's network, each with one series and one "
+                       "pass (x [1,36,6], xf [1,3,4], mask [1,64], rows [0], mean [1,3], logvar [1,3]; "
+                       "float32 values). "
                        "feature_cases: the feature contract computed in float64 from real rows: origin "
                        "(unix s), steps (36 req/s values oldest first, null = hole), ready, scale, "
                        "x [36,6], xf [3,4] (no batch axis).",
@@ -678,16 +739,22 @@ def main():
         "format_version": 1,
         "model_file": "flowcast.onnx",
         "model_sha256": sha,
-        "inputs": {"x": [None, WINDOW, 6], "xf": [None, HORIZON, 4], "mask": [None, MASK_WIDTH]},
+        "inputs": {"x": [None, WINDOW, 6], "xf": [None, HORIZON, 4], "mask": [None, MC_MASK_WIDTH],
+                   "rows": [None]},
+        "batch_axes": {"S": "one row per series: x, xf", "B": "one row per pass: mask, rows, mean, logvar"},
         "outputs": {"mean": [None, HORIZON], "logvar": [None, HORIZON]},
         "step_seconds": STEP, "window_steps": WINDOW, "horizon_steps": HORIZON,
         "encoder_features": ["z", "present", "sin_tod", "cos_tod", "sin_dow", "cos_dow"],
         "decoder_features": ["sin_tod", "cos_tod", "sin_dow", "cos_dow"],
         "normalisation": {"kind": "log1p_over_window_mean", "zero_scale_fallback": 1.0},
         "readiness": {"min_present_steps": MIN_PRESENT, "recent_steps": RECENT},
-        "dropout": {"rate": P_DROP, "mask_width": MASK_WIDTH,
-                    "mask_layout": [["encoder_layer1_output", HIDDEN], ["decoder_layer1_output", HIDDEN],
-                                    ["decoder_layer2_output", HIDDEN]]},
+        "dropout": {"rate": P_DROP, "mask_width": MC_MASK_WIDTH,
+                    "mask_layout": [["decoder_layer1_output", HIDDEN], ["decoder_layer2_output", HIDDEN]],
+                    "training_mask_layout": [["encoder_layer1_output", HIDDEN],
+                                             ["decoder_layer1_output", HIDDEN],
+                                             ["decoder_layer2_output", HIDDEN]],
+                    "monte_carlo_scope": "decoder: the encoder and decoder layer 1 run once per series, "
+                                         "decoder layer 2 and the head once per pass"},
         "mc_passes": 30,  # the sidecar's default: models/README.md's ablation
         "calibration_prior": cal,
         "training": {
