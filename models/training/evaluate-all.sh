@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The reproducible report of issue #4: leave-series-out folds, the ablation, and the tables
-# in models/README.md and the card, in one command (about 1.5 hours on 2 cores; the
-# trainings take ~5 minutes of it).
+# in models/README.md and the card, in one command (about 20 minutes on 2 cores: the two
+# fold trainings take ~7 of them, the 70 backtests ~12).
 #
 # Usage: models/training/evaluate-all.sh [OUT_ROOT]      (default <repo>/target/eval-all)
 #   SKIP_TRAIN=1  reuse OUT_ROOT/folds' models instead of training them again
