@@ -19,6 +19,12 @@
 //! ```
 //!
 //! `ORT_COMPARE_SECONDS` (default 3) is the time budget of each table row.
+//!
+//! `ORT_COMPARE_STUDY_ONNX` (optional) names the study's graph, where Monte-Carlo dropout
+//! also covers the encoder and every pass runs the whole network (inputs x, xf, mask[96]
+//! with one row per pass; the shipped model before the decoder-only graph:
+//! `git show 78f7ba0:models/flowcast.onnx > study.onnx`). onnxruntime then also runs that
+//! file on the same series and passes, and the table gets its time for the same forecast.
 
 use std::time::{Duration, Instant};
 
@@ -106,6 +112,44 @@ fn inputs(series: usize) -> Vec<ModelInput> {
                 .expect("the bench windows are ready")
         })
         .collect()
+}
+
+/// The study's batch: x and xf repeated for every pass, masks over all three dropout sites
+/// (96 entries, 0 or 1/(1 − rate)), the first row of each series all ones.
+fn study_batch(inputs: &[ModelInput], seeds: &[u64], passes: usize, rate: f64) -> Batch {
+    let full = batch(inputs, seeds, passes, 96, rate);
+    let mut b = Batch {
+        series: full.rows.len(),
+        x: Vec::with_capacity(full.rows.len() * WINDOW_STEPS * ENCODER_FEATURES),
+        xf: Vec::with_capacity(full.rows.len() * HORIZON_STEPS * DECODER_FEATURES),
+        mask: full.mask,
+        rows: Vec::new(),
+    };
+    for &r in &full.rows {
+        b.x.extend(inputs[r as usize].x.iter().flatten());
+        b.xf.extend(inputs[r as usize].xf.iter().flatten());
+    }
+    b
+}
+
+/// Runs the study's graph (no `rows` input, one row per pass) in onnxruntime.
+fn ort_run_study(session: &mut Session, b: &Batch) -> Result<(), BoxError> {
+    let n = b.series;
+    let x = Tensor::from_array((
+        [n, WINDOW_STEPS, ENCODER_FEATURES],
+        b.x.clone().into_boxed_slice(),
+    ))?;
+    let xf = Tensor::from_array((
+        [n, HORIZON_STEPS, DECODER_FEATURES],
+        b.xf.clone().into_boxed_slice(),
+    ))?;
+    let mask = Tensor::from_array(([n, b.mask.len() / n], b.mask.clone().into_boxed_slice()))?;
+    let out = session.run(ort::inputs!["x" => x, "xf" => xf, "mask" => mask])?;
+    let (_, mean) = out["mean"].try_extract_tensor::<f32>()?;
+    if mean.len() != n * HORIZON_STEPS || mean.iter().any(|v| !v.is_finite()) {
+        return Err("the study graph gave a wrong or non-finite mean".into());
+    }
+    Ok(())
 }
 
 /// Runs one batch in onnxruntime; returns (mean, logvar) like [`Model::run_raw`].
@@ -202,12 +246,26 @@ fn main() -> Result<(), BoxError> {
     let rate = model.card().dropout.rate;
 
     let env = ort::init_from(&dylib)?.with_name("ort_compare").build()?;
-    let mut session = Session::builder(&env)?
-        .with_optimization_level(GraphOptimizationLevel::All)?
-        .with_intra_threads(1)?
-        .with_inter_threads(1)?
-        .with_parallel_execution(false)?
-        .commit_from_memory(EMBEDDED_MODEL)?;
+    let open = |bytes: &[u8]| -> Result<Session, BoxError> {
+        Ok(Session::builder(&env)?
+            .with_optimization_level(GraphOptimizationLevel::All)?
+            .with_intra_threads(1)?
+            .with_inter_threads(1)?
+            .with_parallel_execution(false)?
+            .commit_from_memory(bytes)?)
+    };
+    let mut session = open(EMBEDDED_MODEL)?;
+    let mut study = match std::env::var("ORT_COMPARE_STUDY_ONNX") {
+        Ok(path) => {
+            let bytes = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
+            println!(
+                "study graph for onnxruntime: {path} ({} bytes)",
+                bytes.len()
+            );
+            Some(open(&bytes)?)
+        }
+        Err(_) => None,
+    };
     let names = |o: &[ort::value::Outlet]| o.iter().map(|o| o.name().to_string()).collect();
     let (ins, outs): (Vec<String>, Vec<String>) =
         (names(session.inputs()), names(session.outputs()));
@@ -241,6 +299,7 @@ fn main() -> Result<(), BoxError> {
         let inputs = inputs(series);
         let seeds: Vec<u64> = (0..series as u64).map(|s| 1000 + s).collect();
         let b = batch(&inputs, &seeds, passes, mask_width, rate);
+        let sb = study_batch(&inputs, &seeds, passes, rate);
 
         let (t_mean, t_logvar) = model.run_raw(&b.x, &b.xf, b.series, &b.mask, &b.rows)?;
         let (o_mean, o_logvar) = ort_run(&mut session, &b)?;
@@ -262,8 +321,11 @@ fn main() -> Result<(), BoxError> {
         while warm.elapsed() < budget / 10 {
             model.run_raw(&b.x, &b.xf, b.series, &b.mask, &b.rows)?;
             ort_run(&mut session, &b)?;
+            if let Some(st) = study.as_mut() {
+                ort_run_study(st, &sb)?;
+            }
         }
-        let (mut tract_t, mut ort_t) = (Vec::new(), Vec::new());
+        let (mut tract_t, mut ort_t, mut study_t) = (Vec::new(), Vec::new(), Vec::new());
         let start = Instant::now();
         while tract_t.len() < MIN_RUNS || (start.elapsed() < budget && tract_t.len() < MAX_RUNS) {
             let t = Instant::now();
@@ -272,6 +334,11 @@ fn main() -> Result<(), BoxError> {
             let t = Instant::now();
             std::hint::black_box(ort_run(&mut session, &b)?);
             ort_t.push(t.elapsed());
+            if let Some(st) = study.as_mut() {
+                let t = Instant::now();
+                ort_run_study(st, &sb)?;
+                study_t.push(t.elapsed());
+            }
         }
         let runs = tract_t.len();
         table.push((
@@ -281,12 +348,13 @@ fn main() -> Result<(), BoxError> {
             runs,
             median(tract_t),
             median(ort_t),
+            (!study_t.is_empty()).then(|| median(study_t)),
         ));
     }
 
     println!();
     println!(
-        "{:>13} {:>5} {:>5} {:>14} {:>12} {:>10} {:>13} {:>11}",
+        "{:>13} {:>5} {:>5} {:>14} {:>12} {:>10} {:>13} {:>11} {:>18} {:>16}",
         "series x MC",
         "rows",
         "runs",
@@ -294,12 +362,21 @@ fn main() -> Result<(), BoxError> {
         "ort µs/call",
         "tract/ort",
         "tract µs/row",
-        "ort µs/row"
+        "ort µs/row",
+        "ort study µs/call",
+        "tract/ort study"
     );
-    for (series, passes, rows, runs, tract, ort) in table {
+    for (series, passes, rows, runs, tract, ort, study) in table {
         let (t, o) = (tract.as_secs_f64() * 1e6, ort.as_secs_f64() * 1e6);
+        let (st, ratio) = match study {
+            Some(d) => {
+                let us = d.as_secs_f64() * 1e6;
+                (format!("{us:.1}"), format!("{:.2}", t / us))
+            }
+            None => ("-".to_string(), "-".to_string()),
+        };
         println!(
-            "{:>13} {rows:>5} {runs:>5} {t:>14.1} {o:>12.1} {:>10.2} {:>13.1} {:>11.1}",
+            "{:>13} {rows:>5} {runs:>5} {t:>14.1} {o:>12.1} {:>10.2} {:>13.1} {:>11.1} {st:>18} {ratio:>16}",
             format!("{series} x {passes}"),
             t / o,
             t / rows as f64,
