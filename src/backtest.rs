@@ -180,6 +180,7 @@ pub fn run(series: &Series, model: Arc<Model>, settings: Settings) -> Result<Vec
                 max_series: 1,
                 max_children: 1,
                 max_gap_seconds: f64::INFINITY,
+                shard: None,
             },
         },
     );

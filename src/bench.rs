@@ -57,6 +57,7 @@ pub fn run(
                 max_series: series,
                 max_children: series,
                 max_gap_seconds: 120.0,
+                shard: None,
             },
         },
     );
@@ -139,6 +140,7 @@ pub fn soak(
                 max_series: series,
                 max_children: series * 8,
                 max_gap_seconds: 120.0,
+                shard: None,
             },
         },
     );

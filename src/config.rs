@@ -17,6 +17,7 @@ use crate::band::BandMode;
 use crate::exposition::Selector;
 use crate::metrics::RESERVED_LABELS;
 use crate::scrape::HttpAuth;
+use crate::shard::Shard;
 
 /// The configuration file (`--config flowcast.yaml`), and the same keys as `run` flags
 /// (`--scrape-interval`) and environment variables (`FLOWCAST_SCRAPE_INTERVAL`). Every key
@@ -119,6 +120,11 @@ pub struct FileConfig {
     /// Default: 100.
     #[arg(long, env = "FLOWCAST_MAX_SERIES")]
     pub max_series: Option<usize>,
+    /// Forecast only shard I of N (`I/N`, 0 ≤ I < N): the series whose `by` label values
+    /// hash to I with Prometheus's `hashmod` (MD5, `;` separator). N replicas with
+    /// `0/N` … `N-1/N` split the series with no coordination. Needs `by`. Default: all.
+    #[arg(long, env = "FLOWCAST_SHARD")]
+    pub shard: Option<String>,
     /// Largest scrape or API body read, in bytes; a larger body fails. Default: 16 MiB.
     #[arg(long, env = "FLOWCAST_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -263,6 +269,8 @@ pub struct Config {
     pub mc_passes: usize,
     /// Series cap.
     pub max_series: usize,
+    /// This replica's shard of the series (`--shard I/N`), if split.
+    pub shard: Option<Shard>,
     /// Body cap in bytes.
     pub max_body_bytes: usize,
     /// Snapshot directory.
@@ -572,6 +580,19 @@ impl FileConfig {
         if !(1..=100_000).contains(&max_series) {
             return Err(invalid("max_series", "must be between 1 and 100000"));
         }
+        let shard = match self.shard.as_deref() {
+            None => None,
+            Some(text) => {
+                let shard: Shard = text.parse().map_err(|e: String| invalid("shard", e))?;
+                if shard.count > 1 && by.is_empty() {
+                    return Err(invalid(
+                        "shard",
+                        "splitting needs series to split: set `by` (without it there is one series)",
+                    ));
+                }
+                Some(shard)
+            }
+        };
         let max_body_bytes = self.max_body_bytes.unwrap_or(16 << 20);
         if !(1024..=(1 << 30)).contains(&max_body_bytes) {
             return Err(invalid("max_body_bytes", "must be between 1 KiB and 1 GiB"));
@@ -655,6 +676,7 @@ impl FileConfig {
             forecast_interval,
             mc_passes,
             max_series,
+            shard,
             max_body_bytes,
             state_dir: self.state_dir,
             snapshot_interval,
@@ -666,6 +688,18 @@ impl FileConfig {
             metric_prefix,
             band,
         })
+    }
+}
+
+impl Config {
+    /// What a state snapshot must have been taken with to be restored here: the source,
+    /// the `by` labels, the band mode and the shard (another shard holds other series).
+    pub fn state_identity(&self) -> String {
+        let base = crate::state::identity(&self.source.describe(), &self.by, self.band);
+        match self.shard {
+            Some(shard) => format!("{base};shard={shard}"),
+            None => base,
+        }
     }
 }
 
@@ -818,6 +852,24 @@ mod tests {
     }
 
     #[test]
+    fn the_state_identity_names_the_shard() {
+        let with = |shard: Option<&str>| {
+            FileConfig {
+                by: Some(vec!["route".into()]),
+                shard: shard.map(String::from),
+                ..base()
+            }
+            .validate()
+            .expect("valid")
+            .state_identity()
+        };
+        let (all, first, second) = (with(None), with(Some("0/2")), with(Some("1/2")));
+        assert!(first.ends_with(";shard=0/2"), "{first}");
+        assert!(all != first && first != second && all != second);
+        assert_eq!(first, with(Some("0/2")));
+    }
+
+    #[test]
     fn defaults_apply() {
         let c = base().validate().expect("valid");
         assert_eq!(c.scrape_interval, Duration::from_secs(15));
@@ -893,6 +945,21 @@ mod tests {
                     ..base()
                 },
                 "by",
+            ),
+            (
+                FileConfig {
+                    shard: Some("3/3".into()),
+                    by: Some(vec!["route".into()]),
+                    ..base()
+                },
+                "shard",
+            ),
+            (
+                FileConfig {
+                    shard: Some("0/2".into()),
+                    ..base()
+                },
+                "shard",
             ),
             (
                 FileConfig {

@@ -211,6 +211,8 @@ pub struct ObserveStats {
     pub invalid: usize,
     /// Samples whose series was refused because the series cap was reached.
     pub dropped: usize,
+    /// Samples of series that belong to another shard (`--shard`).
+    pub not_owned: usize,
 }
 
 /// Limits of a [`SeriesSet`].
@@ -222,6 +224,8 @@ pub struct SeriesLimits {
     pub max_children: usize,
     /// Longest interval between two scrapes that still yields a rate; longer is a hole.
     pub max_gap_seconds: f64,
+    /// Only series of this shard are kept (`--shard I/N`); `None` keeps all.
+    pub shard: Option<crate::shard::Shard>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -274,12 +278,17 @@ impl SeriesSet {
         self.index.get(key).copied()
     }
 
-    /// The index of the series with this key, creating it if the cap allows.
+    /// Whether this set keeps series with this key at all (its shard, if split).
+    pub fn owns(&self, key: &[String]) -> bool {
+        self.limits.shard.is_none_or(|s| s.owns(key))
+    }
+
+    /// The index of the series with this key, creating it if the cap and the shard allow.
     pub fn series_index(&mut self, key: &[String]) -> Option<usize> {
         if let Some(&i) = self.index.get(key) {
             return Some(i);
         }
-        if self.series.len() >= self.limits.max_series {
+        if self.series.len() >= self.limits.max_series || !self.owns(key) {
             return None;
         }
         let i = self.series.len();
@@ -318,7 +327,11 @@ impl SeriesSet {
         for (hash, key, value) in samples {
             stats.matched += 1;
             let Some(series) = self.series_index(key) else {
-                stats.dropped += 1;
+                if self.owns(key) {
+                    stats.dropped += 1;
+                } else {
+                    stats.not_owned += 1;
+                }
                 continue;
             };
             if !value.is_finite() || value < 0.0 {
@@ -411,6 +424,7 @@ mod tests {
             max_series: 3,
             max_children: 100,
             max_gap_seconds: 60.0,
+            shard: None,
         }
     }
 
@@ -504,6 +518,31 @@ mod tests {
         );
         assert_eq!(set.series().len(), 3);
         assert_eq!(stats.dropped, 2);
+    }
+
+    /// A shard keeps only its own series; the others are neither kept nor counted as
+    /// dropped, and the cap counts only this shard's series.
+    #[test]
+    fn a_shard_keeps_its_own_series_only() {
+        let shard = crate::shard::Shard { index: 1, count: 2 };
+        let mut set = SeriesSet::new(SeriesLimits {
+            max_series: 100,
+            shard: Some(shard),
+            ..limits()
+        });
+        let keys: Vec<Vec<String>> = (0..40).map(|i| vec![format!("/r{i}")]).collect();
+        let owned = keys.iter().filter(|k| shard.owns(k)).count();
+        assert!((10..=30).contains(&owned), "{owned} of 40");
+        let stats = set.observe(
+            0.0,
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (i as u64, k.as_slice(), 1.0)),
+        );
+        assert_eq!(set.series().len(), owned);
+        assert!(set.series().iter().all(|s| shard.owns(&s.key)));
+        assert_eq!((stats.not_owned, stats.dropped), (40 - owned, 0));
+        assert_eq!(set.series_index(&keys[0]).is_some(), shard.owns(&keys[0]));
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod promapi;
 pub mod scrape;
 pub mod server;
+pub mod shard;
 pub mod sidecar;
 pub mod source;
 pub mod state;

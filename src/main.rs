@@ -66,7 +66,8 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                     .await
                     .map_err(|e| runtime(anyhow::anyhow!("cannot listen on {}: {e}", config.listen)))?;
                 let sidecar = sidecar::Sidecar::new(&config, model).map_err(runtime)?;
-                tracing::info!(listen = %config.listen, source = %config.source.describe(), "flowcast started");
+                let shard = config.shard.map_or_else(|| "all".to_string(), |s| s.to_string());
+                tracing::info!(listen = %config.listen, source = %config.source.describe(), %shard, "flowcast started");
                 sidecar.run(listener, shutdown_on_signal(None)).await;
                 Ok(())
             })

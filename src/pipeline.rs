@@ -748,6 +748,7 @@ mod tests {
                     max_series: 10,
                     max_children: 100,
                     max_gap_seconds: 120.0,
+                    shard: None,
                 },
             },
         )
@@ -856,6 +857,7 @@ mod staleness_tests {
                     max_series: 2,
                     max_children: 4,
                     max_gap_seconds: 120.0,
+                    shard: None,
                 },
             },
         );

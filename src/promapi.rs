@@ -15,6 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::scrape::{HttpAuth, HttpFetcher, ScrapeError};
+use crate::shard::Shard;
 
 /// Why a Prometheus API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,7 @@ pub struct PromClient {
     base: Url,
     by: Vec<String>,
     max_series: usize,
+    shard: Option<Shard>,
 }
 
 impl PromClient {
@@ -130,7 +132,15 @@ impl PromClient {
             base,
             by,
             max_series,
+            shard: None,
         })
+    }
+
+    /// Keeps only the series of this shard (`--shard I/N`); the `max_series` check counts
+    /// those alone, so N replicas can split a query that returns N times the cap.
+    pub fn with_shard(mut self, shard: Option<Shard>) -> Self {
+        self.shard = shard;
+        self
     }
 
     fn endpoint(&self, path: &str, params: &[(&str, String)]) -> Url {
@@ -227,6 +237,9 @@ impl PromClient {
                 .iter()
                 .map(|l| metric.get(l).cloned().unwrap_or_default())
                 .collect();
+            if self.shard.is_some_and(|s| !s.owns(&key)) {
+                continue;
+            }
             let points = out.entry(key).or_default();
             let mut parsed = Vec::with_capacity(values.len());
             for (t, v) in values {
@@ -349,5 +362,39 @@ mod tests {
         ] {
             assert_eq!(c.points(data(bad)).expect_err(bad).reason(), "malformed");
         }
+    }
+
+    /// With `--shard`, each replica keeps its own series and the cap counts those alone.
+    #[test]
+    fn a_shard_keeps_its_own_series_and_the_cap_counts_only_those() {
+        let routes: Vec<String> = (0..40).map(|i| format!("/r{i}")).collect();
+        let body = routes
+            .iter()
+            .map(|r| format!(r#"{{"metric":{{"route":"{r}"}},"value":[1,"1"]}}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let json = format!(r#"{{"resultType":"vector","result":[{body}]}}"#);
+        let mut seen = Vec::new();
+        for index in 0..3 {
+            let shard = Shard { index, count: 3 };
+            let c = client(&["route"], 25).with_shard(Some(shard));
+            let got = c.points(data(&json)).expect("each shard is under the cap");
+            assert!(got.keys().all(|k| shard.owns(k)), "shard {shard}");
+            assert!(
+                !got.is_empty() && got.len() < 25,
+                "shard {shard}: {}",
+                got.len()
+            );
+            seen.extend(got.into_keys());
+        }
+        seen.sort();
+        let mut all: Vec<Vec<String>> = routes.iter().map(|r| vec![r.clone()]).collect();
+        all.sort();
+        assert_eq!(
+            seen, all,
+            "the 3 shards together hold every series exactly once"
+        );
+        let unsplit = client(&["route"], 25).points(data(&json));
+        assert_eq!(unsplit.expect_err("40 > 25").reason(), "too_many_series");
     }
 }

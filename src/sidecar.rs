@@ -68,6 +68,7 @@ impl Sidecar {
             max_children: (config.max_series * 1000).clamp(10_000, 1_000_000),
             // A scrape gap longer than 4 intervals (or 2 minutes) is a hole, not a rate.
             max_gap_seconds: (config.scrape_interval.as_secs_f64() * 4.0).max(120.0),
+            shard: config.shard,
         };
         let mut engine = Engine::new(
             model,
@@ -87,6 +88,7 @@ impl Sidecar {
                 config.by.clone(),
                 config.max_series,
             )
+            .map(|c| c.with_shard(config.shard))
         };
         let source = match &config.source {
             Source::Scrape {
@@ -121,7 +123,7 @@ impl Sidecar {
         let state = config.state_dir.as_ref().map(|dir| StateSettings {
             dir: dir.clone(),
             interval: config.snapshot_interval,
-            identity: state::identity(&config.source.describe(), &config.by, config.band),
+            identity: config.state_identity(),
         });
         if let Some(settings) = &state {
             restore(&mut engine, settings, config.by.len(), &shared);

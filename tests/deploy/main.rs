@@ -18,6 +18,7 @@ mod keda;
 mod kubernetes;
 mod prometheus;
 mod rules;
+mod shard;
 
 use std::path::{Path, PathBuf};
 

@@ -46,13 +46,13 @@ fn seed_snapshot(dir: &Path, target: &str) {
 }
 
 /// A process this test started; killed (by its handle) and reaped when dropped.
-struct Process {
+pub(crate) struct Process {
     child: Child,
     log: PathBuf,
 }
 
 impl Process {
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
@@ -66,7 +66,7 @@ impl Drop for Process {
     }
 }
 
-fn spawn(cmd: &mut Command, log: PathBuf) -> Process {
+pub(crate) fn spawn(cmd: &mut Command, log: PathBuf) -> Process {
     let out = File::create(&log).expect("log file");
     let err = out.try_clone().expect("log file");
     let child = cmd
@@ -78,7 +78,7 @@ fn spawn(cmd: &mut Command, log: PathBuf) -> Process {
     Process { child, log }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -86,13 +86,13 @@ fn free_port() -> u16 {
 }
 
 /// Prometheus's HTTP API on loopback.
-struct PromApi {
+pub(crate) struct PromApi {
     base: String,
     client: reqwest::Client,
 }
 
 impl PromApi {
-    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
+    pub(crate) async fn get(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
         let r = self
             .client
             .get(format!("{}{path}", self.base))

@@ -248,6 +248,7 @@ fn snapshots_never_panic() {
             max_series: 4,
             max_children: 16,
             max_gap_seconds: 120.0,
+            shard: None,
         },
     };
     let mut engine = Engine::new(Arc::clone(&model), settings);

@@ -5,6 +5,7 @@ mod prometheus_source;
 mod restarts;
 mod robustness;
 mod secrets;
+mod shard;
 mod support;
 mod tls;
 
@@ -258,6 +259,7 @@ fn forecasts_are_scale_free() {
             max_series: 1,
             max_children: 1,
             max_gap_seconds: 60.0,
+            shard: None,
         },
     };
     let origin = 1_700_000_000 / 300 * 300;

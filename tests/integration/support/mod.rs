@@ -152,6 +152,7 @@ pub fn seed_snapshot(
                 max_series: 10,
                 max_children: 100,
                 max_gap_seconds: 120.0,
+                shard: None,
             },
         },
     );
@@ -159,7 +160,7 @@ pub fn seed_snapshot(
     for m in now_minute - 240..now_minute {
         engine.record_rate(key, m, 20.0 + (m % 30) as f64 / 6.0);
     }
-    let identity = flowcast::state::identity(&config.source.describe(), &config.by, config.band);
+    let identity = config.state_identity();
     let snapshot = engine.snapshot(identity, now_unix() - 30.0);
     flowcast::state::write(dir, &snapshot).expect("seed snapshot written");
     snapshot
