@@ -78,6 +78,24 @@ pub(crate) fn spawn(cmd: &mut Command, log: PathBuf) -> Process {
     Process { child, log }
 }
 
+/// Starts `prometheus` on loopback `port` with this configuration (YAML or JSON), its
+/// configuration, data and log in `dir`.
+pub(crate) fn start_prometheus(bin: &Path, dir: &Path, config: &str, port: u16) -> Process {
+    let config_path = dir.join("prometheus.yml");
+    std::fs::write(&config_path, config).expect("write prometheus.yml");
+    spawn(
+        Command::new(bin)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn"),
+        dir.join("prometheus.log"),
+    )
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -220,19 +238,7 @@ async fn a_real_prometheus_runs_the_dashboard_keda_queries_and_rules_on_flowcast
         rules = repo_path("deploy/prometheus/flowcast.rules.yml").display(),
         app = app.addr,
     );
-    let config_path = dir.join("prometheus.yml");
-    std::fs::write(&config_path, config).expect("write prometheus.yml");
-    let prometheus = spawn(
-        Command::new(prometheus_bin)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .arg("--log.level=warn"),
-        dir.join("prometheus.log"),
-    );
+    let prometheus = start_prometheus(&prometheus_bin, &dir, &config, prom_port);
     let api = PromApi {
         base: format!("http://127.0.0.1:{prom_port}"),
         client: reqwest::Client::builder()

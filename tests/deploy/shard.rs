@@ -3,12 +3,11 @@
 //! `shard::hashmod` must give the same shard for each, for one label and for two (joined
 //! with the default `;` separator), including values with separators, quotes and non-ASCII.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::prometheus::{free_port, spawn};
+use crate::prometheus::{free_port, start_prometheus};
 use crate::{scratch_dir, support};
 
 #[tokio::test]
@@ -44,20 +43,8 @@ async fn shards_match_a_real_prometheus_hashmod() {
             ]
         }]
     });
-    let config_path = dir.join("prometheus.yml");
-    std::fs::write(&config_path, config.to_string()).expect("write prometheus.yml");
     let port = free_port();
-    let prometheus = spawn(
-        Command::new(prometheus_bin)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn"),
-        dir.join("prometheus.log"),
-    );
+    let prometheus = start_prometheus(&prometheus_bin, &dir, &config.to_string(), port);
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
