@@ -2,8 +2,14 @@
 //! served over loopback to a bounded open-loop load generator at a fixed request rate;
 //! prints p50/p99/max latency, errors and the exposition size.
 //!
-//! `cargo bench --bench metrics_load -- [RPS] [SECONDS] [SERIES]` (defaults 200 10 1000).
+//! `cargo bench --bench metrics_load -- [RPS] [SECONDS] [SERIES] [--plain] [--inflate]`
+//! (defaults 200 10 1000). Requests send `Accept-Encoding: gzip` as Prometheus does;
+//! `--plain` leaves it out (the uncompressed path). The generator checks once that the
+//! gzip body decodes to the full page and then only reads the compressed bytes, since it
+//! shares the two cores with the server; `--inflate` decodes every body as well, as a
+//! scraper would on its own machine.
 
+use std::io::Read as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,15 +27,56 @@ fn main() {
         .collect();
     let arg = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let (rps, seconds, series) = (arg(0, 200), arg(1, 10), arg(2, 1000) as usize);
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    let load = Load {
+        gzip: !flag("--plain"),
+        inflate: flag("--inflate"),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(run(rps, seconds, series));
+    rt.block_on(run(rps, seconds, series, load));
 }
 
-async fn run(rps: u64, seconds: u64, series: usize) {
+/// How the generator asks and reads.
+#[derive(Clone, Copy)]
+struct Load {
+    /// Send `Accept-Encoding: gzip`.
+    gzip: bool,
+    /// Decode every gzip body.
+    inflate: bool,
+}
+
+/// A GET of `url`, asking for gzip unless the load is plain.
+fn request(client: &reqwest::Client, url: &str, load: Load) -> reqwest::RequestBuilder {
+    let r = client.get(url);
+    if load.gzip {
+        r.header("accept-encoding", "gzip")
+    } else {
+        r
+    }
+}
+
+/// The body of `response`, decoded if it is gzip.
+async fn read_body(response: reqwest::Response) -> Option<Vec<u8>> {
+    let gzip = response
+        .headers()
+        .get("content-encoding")
+        .is_some_and(|v| v == "gzip");
+    let body = response.bytes().await.ok()?;
+    if !gzip {
+        return Some(body.to_vec());
+    }
+    let mut text = Vec::with_capacity(body.len() * 12);
+    flate2::read::MultiGzDecoder::new(&body[..])
+        .read_to_end(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+async fn run(rps: u64, seconds: u64, series: usize, load: Load) {
     // The target is never reachable: the series are seeded, so scrapes fail quietly and the
     // ticks still publish every series.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -86,10 +133,33 @@ async fn run(rps: u64, seconds: u64, series: usize) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let ready_after = started.elapsed().as_secs_f64();
+    let sample = request(&client, &url, load).send().await.expect("get");
+    let encoding = sample
+        .headers()
+        .get("content-encoding")
+        .map(|v| v.to_str().unwrap_or("?").to_string());
+    assert_eq!(
+        encoding.is_some(),
+        load.gzip,
+        "content-encoding {encoding:?}"
+    );
+    let sent = sample.content_length().unwrap_or(0);
+    let page = read_body(sample).await.expect("a body that decodes");
+    assert!(
+        page.len() + 64 * 1024 > size
+            && String::from_utf8_lossy(&page)
+                .matches("flowcast_forecast_upper_requests_per_second{")
+                .count()
+                >= 3 * series,
+        "the {} body decodes to the whole page",
+        if load.gzip { "gzip" } else { "plain" }
+    );
     println!(
-        "{series} ready series after {:.1}s; /metrics is {:.0} kB",
-        started.elapsed().as_secs_f64(),
-        size as f64 / 1e3
+        "{series} ready series after {ready_after:.1}s; /metrics is {:.0} kB, {:.0} kB sent ({})",
+        page.len() as f64 / 1e3,
+        sent as f64 / 1e3,
+        if load.gzip { "gzip" } else { "plain" }
     );
     // Open loop: one request every 1/rps s, each on its own task, at most 512 in flight.
     let limit = Arc::new(tokio::sync::Semaphore::new(512));
@@ -103,9 +173,15 @@ async fn run(rps: u64, seconds: u64, series: usize) {
         let (client, url) = (client.clone(), url.clone());
         handles.push(tokio::spawn(async move {
             let t = Instant::now();
-            let ok = match client.get(&url).send().await {
-                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                Err(_) => false,
+            let ok = match request(&client, &url, load).send().await {
+                Ok(r) if r.status().is_success() => {
+                    if load.inflate {
+                        read_body(r).await.is_some()
+                    } else {
+                        r.bytes().await.is_ok()
+                    }
+                }
+                _ => false,
             };
             drop(permit);
             (t.elapsed(), ok)

@@ -6,12 +6,16 @@
 //! gauges are removed, never set to 0 or NaN (SPEC.md). It must not compute anything: the
 //! pipeline hands it finished numbers.
 
+use bytes::Bytes;
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -55,8 +59,9 @@ struct SeriesGauges {
 }
 
 /// All metrics. The per-series gauges live in their own registry whose text is encoded
-/// once per change and cached, so that a `/metrics` request with thousands of series is a
-/// copy, not an encoding; the process's own counters and histograms are encoded per request.
+/// (and gzip-compressed) once per change and cached, so that a `/metrics` request with
+/// thousands of series shares those bytes instead of encoding or copying them; only the
+/// process's own counters and histograms are encoded per request.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -425,20 +430,26 @@ impl Metrics {
         &self.registry
     }
 
-    /// Re-encodes the per-series gauges if they changed since the last encoding. The
-    /// pipeline calls it after publishing a tick, so requests find the text ready.
-    pub fn refresh_series(&self) -> Arc<Vec<u8>> {
+    /// Re-encodes the per-series gauges if they changed since the last encoding, and
+    /// compresses the new text once. The pipeline calls it after publishing a tick, so
+    /// requests find both ready.
+    pub fn refresh_series(&self) -> SeriesText {
         let mut cached = self
             .series_cache
-            .text
+            .encoded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.series_cache.dirty.swap(false, Ordering::AcqRel) {
-            let mut buf = Vec::with_capacity(cached.len() + 4096);
+            let mut buf = Vec::with_capacity(cached.text.len() + 4096);
             let _ = TextEncoder::new().encode(&self.series_registry.gather(), &mut buf);
-            *cached = Arc::new(buf);
+            // Once per change, so the default level: smaller bodies for every scrape.
+            let gzip = gzip_member(&buf, Compression::default());
+            *cached = SeriesText {
+                text: Bytes::from(buf),
+                gzip,
+            };
         }
-        Arc::clone(&cached)
+        cached.clone()
     }
 
     fn encode_own(&self) -> Vec<u8> {
@@ -449,30 +460,117 @@ impl Metrics {
         buf
     }
 
+    /// The `/metrics` body in `format`, as chunks to send in order: the process's own
+    /// metrics (encoded for this request), the cached per-series text, and `# EOF` for
+    /// OpenMetrics. With `gzip` every chunk is a gzip member: the per-series one is
+    /// compressed once per change, only the small own part per request, and the members'
+    /// concatenation is one valid gzip stream (RFC 1952 §2.2) whose decoding is exactly
+    /// the uncompressed body.
+    pub fn exposition(&self, format: ExpositionFormat, gzip: bool) -> Exposition {
+        let series = self.refresh_series();
+        let own = match format {
+            ExpositionFormat::Text => self.encode_own(),
+            ExpositionFormat::OpenMetrics => to_openmetrics(&self.encode_own()),
+        };
+        let mut chunks = Vec::with_capacity(3);
+        if gzip {
+            // Per request: the fastest level; the part is about 10 kB.
+            chunks.push(gzip_member(&own, Compression::fast()));
+            chunks.push(series.gzip);
+        } else {
+            chunks.push(Bytes::from(own));
+            chunks.push(series.text);
+        }
+        if format == ExpositionFormat::OpenMetrics {
+            chunks.push(if gzip {
+                openmetrics_eof_gzip()
+            } else {
+                Bytes::from_static(OPENMETRICS_EOF)
+            });
+        }
+        Exposition {
+            chunks,
+            content_type: match format {
+                ExpositionFormat::Text => TEXT_CONTENT_TYPE,
+                ExpositionFormat::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            },
+            gzip,
+        }
+    }
+
     /// Encodes every metric in the Prometheus text format.
     pub fn encode_text(&self) -> Vec<u8> {
-        let series = self.refresh_series();
-        let mut buf = self.encode_own();
-        buf.extend_from_slice(&series);
-        buf
+        self.exposition(ExpositionFormat::Text, false).concat()
     }
 
     /// Every metric in OpenMetrics 1.0 text, for scrapers that ask for it. The per-series
     /// families are all gauges, which read the same in both formats.
     pub fn encode_openmetrics(&self) -> Vec<u8> {
-        let series = self.refresh_series();
-        let mut buf = to_openmetrics(&self.encode_own());
-        buf.extend_from_slice(&series);
-        buf.extend_from_slice(b"# EOF\n");
-        buf
+        self.exposition(ExpositionFormat::OpenMetrics, false)
+            .concat()
     }
 }
 
-/// The cached text of the per-series registry and whether a gauge changed since.
+/// The text format a scraper asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpositionFormat {
+    /// Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics 1.0 text.
+    OpenMetrics,
+}
+
+/// A `/metrics` body in chunks whose concatenation is the body; the chunks share the
+/// cached bytes instead of copying them.
+#[derive(Debug, Clone)]
+pub struct Exposition {
+    /// The body's parts, in order.
+    pub chunks: Vec<Bytes>,
+    /// The `Content-Type` of the (decoded) body.
+    pub content_type: &'static str,
+    /// Whether every chunk is a gzip member (`Content-Encoding: gzip`).
+    pub gzip: bool,
+}
+
+impl Exposition {
+    /// The whole body in one buffer (tests and benches; the server sends the chunks).
+    pub fn concat(&self) -> Vec<u8> {
+        self.chunks.concat()
+    }
+}
+
+/// The cached per-series part of the exposition: its text and the same text as one gzip
+/// member, both made once per change.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesText {
+    /// Prometheus text 0.0.4 (the same bytes in OpenMetrics: the families are gauges).
+    pub text: Bytes,
+    /// `text` compressed as one gzip member.
+    pub gzip: Bytes,
+}
+
+/// The cached per-series text and whether a gauge changed since.
 #[derive(Default)]
 struct SeriesCache {
     dirty: AtomicBool,
-    text: Mutex<Arc<Vec<u8>>>,
+    encoded: Mutex<SeriesText>,
+}
+
+const OPENMETRICS_EOF: &[u8] = b"# EOF\n";
+
+/// `# EOF` as a gzip member, compressed once.
+fn openmetrics_eof_gzip() -> Bytes {
+    static EOF: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    EOF.get_or_init(|| gzip_member(OPENMETRICS_EOF, Compression::default()))
+        .clone()
+}
+
+/// `data` as one complete gzip member.
+fn gzip_member(data: &[u8], level: Compression) -> Bytes {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 8 + 64), level);
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(data);
+    Bytes::from(encoder.finish().unwrap_or_default())
 }
 
 /// Rewrites Prometheus text 0.0.4 from this registry as OpenMetrics 1.0: a counter's
@@ -697,6 +795,49 @@ mod tests {
         let text = String::from_utf8(m.encode_text()).expect("utf-8");
         assert!(text.contains("route=\"/r/1\",series=\"api\"} 1\n"));
         assert!(!text.contains("/r/11"));
+    }
+
+    fn gunzip(chunks: &[Bytes]) -> Vec<u8> {
+        use std::io::Read as _;
+        let body = chunks.concat();
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&body[..])
+            .read_to_end(&mut out)
+            .expect("the concatenated members are one valid gzip stream");
+        out
+    }
+
+    /// The gzip body (members for the own part, the cached series text and `# EOF`)
+    /// decodes to exactly the plain body, in both formats; the series member is compressed
+    /// once per change and shared by every request until then.
+    #[test]
+    fn gzip_exposition_decodes_to_exactly_the_plain_one_and_is_compressed_once() {
+        let m = Metrics::new("flowcast", &["route".to_string()]).expect("metrics");
+        m.scrapes.inc_by(7);
+        for i in 0..200 {
+            let route = format!("/r/{i}");
+            m.series.upper.set(&["api", &route, "5m"], i as f64 + 0.5);
+            m.series.ready.set(&["api", &route], 1.0);
+        }
+        for format in [ExpositionFormat::Text, ExpositionFormat::OpenMetrics] {
+            let plain = m.exposition(format, false);
+            let zipped = m.exposition(format, true);
+            assert!(!plain.gzip && zipped.gzip);
+            assert_eq!(plain.content_type, zipped.content_type);
+            assert_eq!(gunzip(&zipped.chunks), plain.concat(), "{format:?}");
+        }
+        let first = m.exposition(ExpositionFormat::Text, true);
+        let again = m.exposition(ExpositionFormat::Text, true);
+        assert_eq!(
+            first.chunks[1].as_ptr(),
+            again.chunks[1].as_ptr(),
+            "the series member is shared, not compressed again"
+        );
+        m.series.upper.set(&["api", "/r/0", "5m"], 99.0);
+        let changed = m.exposition(ExpositionFormat::Text, true);
+        assert_ne!(first.chunks[1], changed.chunks[1]);
+        let text = String::from_utf8(gunzip(&changed.chunks)).expect("utf-8");
+        assert!(text.contains("{horizon=\"5m\",route=\"/r/0\",series=\"api\"} 99\n"));
     }
 
     #[test]

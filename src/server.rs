@@ -1,20 +1,22 @@
 //! The HTTP server: `/metrics`, `/healthz`, `/readyz`, `/` and `/api/v1/forecast`.
 //!
-//! Owns the accept loop, its connection cap, request limits and the drain on shutdown.
-//! Takes a bound listener and a cancellation token from outside (tests bind
-//! `127.0.0.1:0`). Handlers only read [`Shared`]: encoding the registry and cloning the
-//! latest report never wait for a scrape or an inference.
+//! Owns the accept loop, its connection cap, request limits, content negotiation (format
+//! and gzip) and the drain on shutdown. Takes a bound listener and a cancellation token
+//! from outside (tests bind `127.0.0.1:0`). Handlers only read [`Shared`]: encoding the
+//! registry and cloning the latest report never wait for a scrape or an inference.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -23,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::metrics::{HORIZONS, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
+use crate::metrics::{Exposition, ExpositionFormat, HORIZONS};
 use crate::pipeline::{Shared, TickReport};
 
 /// Limits of the server.
@@ -47,8 +49,9 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves until `shutdown` is cancelled, then drains in-flight requests for at most
-/// `limits.drain`.
+/// Serves until `shutdown` is cancelled, then stops accepting (the listener is closed, so
+/// new connections are refused) and drains: responses in flight are sent in full, idle
+/// keep-alive connections are closed, for at most `limits.drain`.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -131,6 +134,31 @@ fn wants_openmetrics(req: &Request<Incoming>) -> bool {
     om > 0.0 && om >= quality("text/plain")
 }
 
+/// Whether the client accepts a gzip body: `gzip` (or `x-gzip`) listed with a quality
+/// above 0, or `*` above 0 without `gzip` refused (RFC 9110 §12.5.3). Prometheus sends
+/// `Accept-Encoding: gzip`.
+fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
+    let mut star = false;
+    for value in headers.get_all(hyper::header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else { continue };
+        for part in value.split(',') {
+            let mut params = part.split(';');
+            let coding = params.next().unwrap_or("").trim();
+            let quality = params
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                return quality > 0.0;
+            }
+            if coding == "*" {
+                star = quality > 0.0;
+            }
+        }
+    }
+    star
+}
+
 /// Whether the request carries the credentials configured for flowcast's endpoints
 /// (always true when none are). Secret files are read per request, so rotation needs no
 /// restart; an unreadable file refuses everything rather than opening up.
@@ -170,7 +198,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(shared: &Shared, req: Request<Incoming>) -> Response<Chunks> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let probe = matches!(path.as_str(), "/healthz" | "/readyz");
@@ -186,18 +214,16 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     } else {
         match path.as_str() {
             "/metrics" => {
-                let (body, content_type) = if wants_openmetrics(&req) {
-                    (
-                        shared.metrics.encode_openmetrics(),
-                        OPENMETRICS_CONTENT_TYPE,
-                    )
+                let format = if wants_openmetrics(&req) {
+                    ExpositionFormat::OpenMetrics
                 } else {
-                    (shared.metrics.encode_text(), TEXT_CONTENT_TYPE)
+                    ExpositionFormat::Text
                 };
-                let mut r = Response::new(Full::new(Bytes::from(body)));
-                r.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-                r
+                metrics_response(
+                    shared
+                        .metrics
+                        .exposition(format, accepts_gzip(req.headers())),
+                )
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
@@ -209,13 +235,10 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
             "/api/v1/forecast" => {
                 let body = forecast_json(shared, &shared.latest()).to_string();
-                with_type(
-                    Response::new(Full::new(Bytes::from(body))),
-                    "application/json",
-                )
+                with_type(Response::new(Chunks::from(body)), "application/json")
             }
             "/" => with_type(
-                Response::new(Full::new(Bytes::from(page(shared, &shared.latest())))),
+                Response::new(Chunks::from(page(shared, &shared.latest()))),
                 "text/html; charset=utf-8",
             ),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -233,21 +256,86 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     response
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+/// The `/metrics` response: the exposition's chunks as they are, with the headers that
+/// say how it was negotiated.
+fn metrics_response(exposition: Exposition) -> Response<Chunks> {
+    let mut r = Response::new(Chunks::new(exposition.chunks));
+    let headers = r.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(exposition.content_type),
+    );
+    // The body depends on both, so a cache must not hand one client's answer to another.
+    headers.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    if exposition.gzip {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Chunks> {
     let mut r = with_type(
-        Response::new(Full::new(Bytes::from_static(body.as_bytes()))),
+        Response::new(Chunks::from(Bytes::from_static(body.as_bytes()))),
         "text/plain; charset=utf-8",
     );
     *r.status_mut() = status;
     r
 }
 
-fn with_type(mut r: Response<Full<Bytes>>, content_type: &'static str) -> Response<Full<Bytes>> {
+fn with_type(mut r: Response<Chunks>, content_type: &'static str) -> Response<Chunks> {
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// A response body sent as a few shared chunks of known total length: the cached
+/// per-series text goes to the socket as it is, without being copied into one buffer per
+/// request.
+pub struct Chunks {
+    chunks: VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl Chunks {
+    fn new(chunks: Vec<Bytes>) -> Self {
+        let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        Self {
+            remaining: chunks.iter().map(|c| c.len() as u64).sum(),
+            chunks,
+        }
+    }
+}
+
+impl<T: Into<Bytes>> From<T> for Chunks {
+    fn from(body: T) -> Self {
+        Self::new(vec![body.into()])
+    }
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        Poll::Ready(this.chunks.pop_front().map(|chunk| {
+            this.remaining -= chunk.len() as u64;
+            Ok(Frame::data(chunk))
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// The `/api/v1/forecast` document: the same numbers as the gauges.
@@ -416,4 +504,191 @@ fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::band::{Forecast, Interval};
+    use crate::metrics::{Metrics, SeriesStatus};
+    use std::io::Read as _;
+
+    #[test]
+    fn gzip_is_negotiated_from_accept_encoding() {
+        let cases: &[(&[&str], bool)] = &[
+            (&[], false),
+            (&["gzip"], true),
+            (&["GZIP"], true),
+            (&["deflate, gzip;q=0.5"], true),
+            (&["x-gzip"], true),
+            (&["identity"], false),
+            (&["gzip;q=0"], false),
+            (&["gzip; q=0.0, identity"], false),
+            (&["*"], true),
+            (&["*;q=0"], false),
+            (&["*, gzip;q=0"], false),
+            (&["br", "gzip"], true),
+        ];
+        for (values, expected) in cases {
+            let mut headers = hyper::HeaderMap::new();
+            for v in *values {
+                headers.append(
+                    hyper::header::ACCEPT_ENCODING,
+                    HeaderValue::from_str(v).expect("header"),
+                );
+            }
+            assert_eq!(accepts_gzip(&headers), *expected, "{values:?}");
+        }
+    }
+
+    fn forecast() -> Forecast {
+        let interval = |m: f64| Interval {
+            mean: m,
+            lower: m - 1.0,
+            upper: m + 1.0,
+            stddev: 0.5,
+            components: [0.1, 0.2, 0.3],
+        };
+        Forecast {
+            origin: 0,
+            horizons: [interval(10.0), interval(11.0), interval(12.0)],
+        }
+    }
+
+    /// A server on loopback whose shared state holds `series` ready series.
+    async fn start(series: usize) -> (String, CancellationToken) {
+        let metrics = Metrics::new("flowcast", &["route".to_string()]).expect("metrics");
+        for i in 0..series {
+            let route = format!("/r/{i}");
+            let labels = ["api", route.as_str()];
+            metrics.publish_forecast(&labels, &forecast());
+            metrics.publish_status(
+                &labels,
+                &SeriesStatus {
+                    ready: true,
+                    history_seconds: 14_400.0,
+                    observed: Some(9.5),
+                    ..SeriesStatus::default()
+                },
+            );
+        }
+        metrics.refresh_series();
+        let shared = Arc::new(Shared::new(metrics, "api".into(), vec!["route".into()]));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/metrics", listener.local_addr().expect("addr"));
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            shared,
+            ServerLimits::default(),
+            stop.clone(),
+        ));
+        (url, stop)
+    }
+
+    async fn fetch(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        // reqwest is built without its gzip feature: the body arrives as sent.
+        let client = reqwest::Client::new();
+        let mut request = client.get(url);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        request.send().await.expect("response")
+    }
+
+    fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+        r.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn gunzip(body: &[u8]) -> String {
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(body)
+            .read_to_string(&mut text)
+            .expect("a valid gzip stream");
+        text
+    }
+
+    /// Without the request-duration histogram, which the first request itself changes.
+    fn without_http_histogram(text: &str) -> String {
+        text.lines()
+            .filter(|l| !l.contains("flowcast_http_request_duration_seconds"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_are_gzipped_for_clients_that_accept_it_and_plain_for_the_rest() {
+        let (url, stop) = start(50).await;
+
+        let plain = fetch(&url, &[]).await;
+        assert_eq!(plain.status(), 200);
+        assert_eq!(header(&plain, "content-encoding"), None);
+        assert_eq!(header(&plain, "vary"), Some("Accept, Accept-Encoding"));
+        assert_eq!(
+            header(&plain, "content-type"),
+            Some(crate::metrics::TEXT_CONTENT_TYPE)
+        );
+        let plain = plain.text().await.expect("body");
+        assert!(plain.contains("flowcast_forecast_upper_requests_per_second{horizon=\"15m\",route=\"/r/49\",series=\"api\"} 13\n"));
+
+        let zipped = fetch(&url, &[("accept-encoding", "gzip")]).await;
+        assert_eq!(zipped.status(), 200);
+        assert_eq!(header(&zipped, "content-encoding"), Some("gzip"));
+        assert_eq!(header(&zipped, "vary"), Some("Accept, Accept-Encoding"));
+        assert_eq!(
+            header(&zipped, "content-type"),
+            Some(crate::metrics::TEXT_CONTENT_TYPE)
+        );
+        let length: usize = header(&zipped, "content-length")
+            .and_then(|l| l.parse().ok())
+            .expect("a content length");
+        let body = zipped.bytes().await.expect("body");
+        assert_eq!(body.len(), length);
+        assert!(
+            body.len() * 5 < plain.len(),
+            "{} vs {}",
+            body.len(),
+            plain.len()
+        );
+        let unzipped = gunzip(&body);
+        assert_eq!(
+            without_http_histogram(&unzipped),
+            without_http_histogram(&plain)
+        );
+
+        // Refused gzip, or only other codings: plain text.
+        for refuse in ["gzip;q=0", "identity", "br"] {
+            let r = fetch(&url, &[("accept-encoding", refuse)]).await;
+            assert_eq!(header(&r, "content-encoding"), None, "{refuse}");
+            let text = r.text().await.expect("body");
+            assert!(text.starts_with("# HELP"), "{refuse}");
+        }
+
+        // OpenMetrics, gzipped: decodes to a page ending in `# EOF` that a strict
+        // OpenMetrics parser reads.
+        let om = fetch(
+            &url,
+            &[
+                ("accept", "application/openmetrics-text;version=1.0.0"),
+                ("accept-encoding", "gzip"),
+            ],
+        )
+        .await;
+        assert_eq!(header(&om, "content-encoding"), Some("gzip"));
+        assert_eq!(
+            header(&om, "content-type"),
+            Some(crate::metrics::OPENMETRICS_CONTENT_TYPE)
+        );
+        let om = gunzip(&om.bytes().await.expect("body"));
+        assert!(om.ends_with("\n# EOF\n"), "{om}");
+        let mut n = 0;
+        crate::exposition::parse(
+            om.as_bytes(),
+            crate::exposition::Format::OpenMetrics,
+            |_| n += 1,
+        )
+        .expect("OpenMetrics parses");
+        assert!(n > 50 * 20, "{n} samples");
+        stop.cancel();
+    }
 }
