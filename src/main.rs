@@ -61,7 +61,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             let config = args.to_config().map_err(usage)?;
             let model = Arc::new(sidecar::load_model(&config.model).map_err(usage)?);
             let rt = runtime_builder().map_err(runtime)?;
-            rt.block_on(async move {
+            let result = rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .map_err(|e| runtime(anyhow::anyhow!("cannot listen on {}: {e}", config.listen)))?;
@@ -70,14 +70,20 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 tracing::info!(listen = %config.listen, source = %config.source.describe(), %shard, "flowcast started");
                 sidecar.run(listener, shutdown_on_signal(None)).await;
                 Ok(())
-            })
+            });
+            // A tick abandoned on the signal may still be inferring on a blocking thread;
+            // dropping the runtime would wait for it, past the shutdown grace.
+            rt.shutdown_background();
+            result
         }
         Command::Demo(args) => {
             let rt = runtime_builder().map_err(runtime)?;
-            rt.block_on(async move {
+            let result = rt.block_on(async move {
                 let shutdown = shutdown_on_signal(args.duration.map(Into::into));
                 demo::run(args.listen, shutdown).await.map_err(runtime)
-            })
+            });
+            rt.shutdown_background();
+            result
         }
         Command::Bench(args) => {
             let model = Arc::new(flowcast::model::Model::embedded().map_err(runtime)?);

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -49,6 +50,11 @@ impl Default for ServerLimits {
     }
 }
 
+/// Environment variable of a scripted fault for tests: hold every `/metrics` response this
+/// many milliseconds before its last chunk, so a test can signal the process while a
+/// response is half sent.
+pub const FAULT_METRICS_HOLD_ENV: &str = "FLOWCAST_FAULT_METRICS_HOLD_MS";
+
 /// Serves until `shutdown` is cancelled, then stops accepting (the listener is closed, so
 /// new connections are refused) and drains: responses in flight are sent in full, idle
 /// keep-alive connections are closed, for at most `limits.drain`.
@@ -59,6 +65,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let hold = std::env::var(FAULT_METRICS_HOLD_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -89,7 +99,7 @@ pub async fn serve(
         let shared = Arc::clone(&shared);
         let service = hyper::service::service_fn(move |req| {
             let shared = Arc::clone(&shared);
-            async move { Ok::<_, Infallible>(route(&shared, req)) }
+            async move { Ok::<_, Infallible>(route(&shared, req, hold)) }
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -198,7 +208,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn route(shared: &Shared, req: Request<Incoming>) -> Response<Chunks> {
+fn route(shared: &Shared, req: Request<Incoming>, hold: Option<Duration>) -> Response<Chunks> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let probe = matches!(path.as_str(), "/healthz" | "/readyz");
@@ -223,6 +233,7 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Chunks> {
                     shared
                         .metrics
                         .exposition(format, accepts_gzip(req.headers())),
+                    hold,
                 )
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -258,8 +269,8 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Chunks> {
 
 /// The `/metrics` response: the exposition's chunks as they are, with the headers that
 /// say how it was negotiated.
-fn metrics_response(exposition: Exposition) -> Response<Chunks> {
-    let mut r = Response::new(Chunks::new(exposition.chunks));
+fn metrics_response(exposition: Exposition, hold: Option<Duration>) -> Response<Chunks> {
+    let mut r = Response::new(Chunks::new(exposition.chunks, hold));
     let headers = r.headers_mut();
     headers.insert(
         CONTENT_TYPE,
@@ -296,21 +307,26 @@ fn with_type(mut r: Response<Chunks>, content_type: &'static str) -> Response<Ch
 pub struct Chunks {
     chunks: VecDeque<Bytes>,
     remaining: u64,
+    /// Test hook ([`FAULT_METRICS_HOLD_ENV`]): wait this long before the last chunk.
+    hold: Option<Duration>,
+    sleeping: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Chunks {
-    fn new(chunks: Vec<Bytes>) -> Self {
+    fn new(chunks: Vec<Bytes>, hold: Option<Duration>) -> Self {
         let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
         Self {
             remaining: chunks.iter().map(|c| c.len() as u64).sum(),
             chunks,
+            hold,
+            sleeping: None,
         }
     }
 }
 
 impl<T: Into<Bytes>> From<T> for Chunks {
     fn from(body: T) -> Self {
-        Self::new(vec![body.into()])
+        Self::new(vec![body.into()], None)
     }
 }
 
@@ -320,9 +336,20 @@ impl hyper::body::Body for Chunks {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
+        if this.chunks.len() == 1 {
+            if let Some(hold) = this.hold.take() {
+                this.sleeping = Some(Box::pin(tokio::time::sleep(hold)));
+            }
+            if let Some(sleeping) = this.sleeping.as_mut() {
+                if sleeping.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.sleeping = None;
+            }
+        }
         Poll::Ready(this.chunks.pop_front().map(|chunk| {
             this.remaining -= chunk.len() as u64;
             Ok(Frame::data(chunk))

@@ -144,9 +144,10 @@ impl Sidecar {
 
     /// Serves on `listener` and runs the pipeline until `shutdown` is cancelled.
     ///
-    /// Shutdown, all within the configured grace: the pipeline stops (a tick in flight is
-    /// abandoned), `/readyz` turns 503, the state is snapshotted, and the server drains
-    /// in-flight requests.
+    /// Shutdown, all within the configured grace counted from the signal: the listener
+    /// closes (new connections are refused), the pipeline stops (a tick in flight is
+    /// abandoned; a scrape in flight ends first), `/readyz` turns 503, the state is
+    /// snapshotted, and responses in flight are sent in full while the grace lasts.
     pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
         let grace = self.shutdown_grace;
         let server = tokio::spawn(server::serve(
@@ -179,25 +180,39 @@ impl Sidecar {
                 }
             }
         }
-        let engine = pipeline::run(
+        let pipeline = pipeline::run(
             engine,
             self.source,
             self.loop_settings,
             Arc::clone(&shared),
-            shutdown,
-        )
-        .await;
+            shutdown.clone(),
+        );
+        tokio::pin!(pipeline);
+        let stopped = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            engine = &mut pipeline => Some(engine),
+        };
+        // The grace runs from the signal: a scrape or a snapshot the pipeline is in the
+        // middle of (it notices the signal only between them) spends it too.
         let deadline = tokio::time::Instant::now() + grace;
         shared
             .ready
             .store(false, std::sync::atomic::Ordering::Release);
-        if let Some(settings) = &state {
-            let save = pipeline::save_state(&engine, settings, &shared);
-            match tokio::time::timeout_at(deadline, save).await {
-                Ok(true) => info!(dir = %settings.dir.display(), "state saved"),
-                Ok(false) => {}
-                Err(_) => warn!("the shutdown snapshot did not finish within the grace"),
+        let engine = match stopped {
+            Some(engine) => Some(engine),
+            None => tokio::time::timeout_at(deadline, pipeline).await.ok(),
+        };
+        match (&state, &engine) {
+            (Some(settings), Some(engine)) => {
+                let save = pipeline::save_state(engine, settings, &shared);
+                match tokio::time::timeout_at(deadline, save).await {
+                    Ok(true) => info!(dir = %settings.dir.display(), "state saved"),
+                    Ok(false) => {}
+                    Err(_) => warn!("the shutdown snapshot did not finish within the grace"),
+                }
             }
+            (Some(_), None) => warn!("the pipeline did not stop within the grace; no snapshot"),
+            (None, _) => {}
         }
         info!("pipeline stopped, draining the server");
         if tokio::time::timeout_at(deadline, server).await.is_err() {

@@ -6,6 +6,7 @@ mod restarts;
 mod robustness;
 mod secrets;
 mod shard;
+mod shutdown;
 mod support;
 mod tls;
 

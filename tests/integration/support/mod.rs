@@ -140,6 +140,15 @@ pub fn seed_snapshot(
     config: &flowcast::config::Config,
     key: &[String],
 ) -> flowcast::state::Snapshot {
+    seed_snapshot_keys(dir, config, &[key.to_vec()])
+}
+
+/// [`seed_snapshot`] for several series.
+pub fn seed_snapshot_keys(
+    dir: &std::path::Path,
+    config: &flowcast::config::Config,
+    keys: &[Vec<String>],
+) -> flowcast::state::Snapshot {
     use flowcast::pipeline::{now_unix, Engine, EngineSettings};
     let model = Arc::new(flowcast::model::Model::embedded().expect("model"));
     let mut engine = Engine::new(
@@ -149,16 +158,18 @@ pub fn seed_snapshot(
             seed: 0,
             band: config.band,
             limits: flowcast::history::SeriesLimits {
-                max_series: 10,
-                max_children: 100,
+                max_series: keys.len().max(10),
+                max_children: keys.len().max(100),
                 max_gap_seconds: 120.0,
                 shard: None,
             },
         },
     );
     let now_minute = (now_unix() / 60.0).floor() as i64;
-    for m in now_minute - 240..now_minute {
-        engine.record_rate(key, m, 20.0 + (m % 30) as f64 / 6.0);
+    for key in keys {
+        for m in now_minute - 240..now_minute {
+            engine.record_rate(key, m, 20.0 + (m % 30) as f64 / 6.0);
+        }
     }
     let identity = config.state_identity();
     let snapshot = engine.snapshot(identity, now_unix() - 30.0);
