@@ -14,7 +14,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -439,24 +439,45 @@ impl Metrics {
     /// compresses the new text once. The pipeline calls it after publishing a tick, so
     /// requests find both ready.
     pub fn refresh_series(&self) -> SeriesText {
-        let mut cached = self
-            .series_cache
-            .encoded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.series_cache.dirty.swap(false, Ordering::AcqRel) {
-            let mut buf = Vec::with_capacity(cached.text.len() + 4096);
-            for family in self.series_families.iter() {
-                family.encode_text(&mut buf);
+        let cache = &self.series_cache;
+        let _encoding = lock(&cache.encoding);
+        self.encode_series_if_dirty();
+        lock(&cache.encoded).clone()
+    }
+
+    /// The cached per-series text for a request: re-encoded first only if a gauge changed
+    /// and no one else is encoding it, so a request never waits for an encoding (at
+    /// 10,000 series about half a second) and gets the previous text meanwhile.
+    fn series_for_request(&self) -> SeriesText {
+        let cache = &self.series_cache;
+        if cache.dirty.load(Ordering::Acquire) {
+            if let Ok(_encoding) = cache.encoding.try_lock() {
+                self.encode_series_if_dirty();
             }
-            // Once per change, so the default level: smaller bodies for every scrape.
-            let gzip = gzip_member(&buf, Compression::default());
-            *cached = SeriesText {
-                text: Bytes::from(buf),
-                gzip,
-            };
         }
-        cached.clone()
+        lock(&cache.encoded).clone()
+    }
+
+    /// The encoding itself; the caller holds `series_cache.encoding`. The previous text
+    /// is served until the new one replaces it.
+    fn encode_series_if_dirty(&self) {
+        let cache = &self.series_cache;
+        if !cache.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let capacity = lock(&cache.encoded).text.len() + 4096;
+        let mut buf = Vec::with_capacity(capacity);
+        for family in self.series_families.iter() {
+            family.encode_text(&mut buf);
+        }
+        // Once per change, so the default level: smaller bodies for every scrape.
+        let gzip = gzip_member(&buf, Compression::default());
+        *lock(&cache.encoded) = SeriesText {
+            text: Bytes::from(buf),
+            gzip,
+        };
+        // Label values that no gauge holds any more (removed series) are forgotten.
+        lock(&cache.labels).retain(|value| Arc::strong_count(value) > 1);
     }
 
     fn encode_own(&self) -> Vec<u8> {
@@ -474,7 +495,7 @@ impl Metrics {
     /// concatenation is one valid gzip stream (RFC 1952 §2.2) whose decoding is exactly
     /// the uncompressed body.
     pub fn exposition(&self, format: ExpositionFormat, gzip: bool) -> Exposition {
-        let series = self.refresh_series();
+        let series = self.series_for_request();
         let own = match format {
             ExpositionFormat::Text => self.encode_own(),
             ExpositionFormat::OpenMetrics => to_openmetrics(&self.encode_own()),
@@ -556,11 +577,27 @@ pub struct SeriesText {
     pub gzip: Bytes,
 }
 
-/// The cached per-series text and whether a gauge changed since.
+/// State shared by the per-series families: their cached text, whether a gauge changed
+/// since, and their label values.
 #[derive(Default)]
 struct SeriesCache {
     dirty: AtomicBool,
+    /// Held while encoding, so one caller encodes at a time.
+    encoding: Mutex<()>,
+    /// Held only to read or replace the text.
     encoded: Mutex<SeriesText>,
+    /// Every label value a gauge holds, stored once: at 10,000 series, 320,000 samples
+    /// share 10,000 route values, the series name and a few horizons and components,
+    /// instead of holding a `String` per label per sample (about 80 MB).
+    labels: Mutex<HashSet<Arc<str>>>,
+}
+
+/// Locks `mutex`; a panic while it was held cannot leave the data half-updated (every
+/// update is one assignment or one map operation).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 const OPENMETRICS_EOF: &[u8] = b"# EOF\n";
@@ -672,7 +709,7 @@ struct GaugeFamilyInner {
     sorted: Vec<usize>,
     /// Per label in name order, the text before its value: `{name="` or `,name="`.
     label_prefixes: Vec<String>,
-    values: Mutex<BTreeMap<Box<[String]>, f64>>,
+    values: Mutex<BTreeMap<Box<[Arc<str>]>, f64>>,
     cache: Arc<SeriesCache>,
 }
 
@@ -716,40 +753,61 @@ impl GaugeFamily {
         })
     }
 
-    fn values(&self) -> std::sync::MutexGuard<'_, BTreeMap<Box<[String]>, f64>> {
-        // A panic while holding the lock cannot leave the map half-updated.
-        self.inner
-            .values
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn values(&self) -> std::sync::MutexGuard<'_, BTreeMap<Box<[Arc<str>]>, f64>> {
+        lock(&self.inner.values)
     }
 
     /// The map key of these label values (in the family's label order): the values in
-    /// label-name order.
-    fn key(&self, labels: &[&str]) -> Box<[String]> {
+    /// label-name order, taken from the shared label values (added there if `intern`,
+    /// else `None` when one is not there, so no gauge has it).
+    fn key(&self, labels: &[&str], intern: bool) -> Option<Box<[Arc<str>]>> {
+        let mut pool = lock(&self.inner.cache.labels);
         self.inner
             .sorted
             .iter()
-            .map(|&i| labels[i].to_string())
+            .map(|&i| match pool.get(labels[i]) {
+                Some(value) => Some(Arc::clone(value)),
+                None if intern => {
+                    let value: Arc<str> = Arc::from(labels[i]);
+                    pool.insert(Arc::clone(&value));
+                    Some(value)
+                }
+                None => None,
+            })
             .collect()
     }
 
     /// Sets the gauge with these label values (in the family's label order). A call with
     /// the wrong number of values is a programming error and is ignored.
     fn set(&self, labels: &[&str], value: f64) {
-        if labels.len() == self.inner.label_names.len() {
-            let old = self.values().insert(self.key(labels), value);
-            if old.is_none_or(|o| o.to_bits() != value.to_bits()) {
-                self.inner.cache.dirty.store(true, Ordering::Release);
+        if labels.len() != self.inner.label_names.len() {
+            return;
+        }
+        let Some(key) = self.key(labels, true) else {
+            return;
+        };
+        let mut values = self.values();
+        let changed = match values.get_mut(&key) {
+            Some(old) => std::mem::replace(old, value).to_bits() != value.to_bits(),
+            None => {
+                values.insert(key, value);
+                true
             }
+        };
+        if changed {
+            self.inner.cache.dirty.store(true, Ordering::Release);
         }
     }
 
     /// Removes the gauge with these label values, if present.
     fn remove(&self, labels: &[&str]) {
-        if labels.len() == self.inner.label_names.len()
-            && self.values().remove(&self.key(labels)).is_some()
-        {
+        if labels.len() != self.inner.label_names.len() {
+            return;
+        }
+        let Some(key) = self.key(labels, false) else {
+            return;
+        };
+        if self.values().remove(&key).is_some() {
             self.inner.cache.dirty.store(true, Ordering::Release);
         }
     }
@@ -982,6 +1040,59 @@ mod tests {
             .count();
         assert_eq!(lines, samples);
         assert!(samples > 300, "{samples}");
+    }
+
+    /// Label values are stored once for all families, and forgotten with the last gauge
+    /// that held them.
+    #[test]
+    fn label_values_are_shared_and_forgotten_with_their_last_gauge() {
+        let m = Metrics::new("flowcast", &["route".to_string()]).expect("metrics");
+        let forecast = Forecast {
+            origin: 0,
+            horizons: std::array::from_fn(|_| crate::band::Interval {
+                mean: 2.0,
+                lower: 1.0,
+                upper: 3.0,
+                stddev: 0.5,
+                components: [0.1, 0.2, 0.3],
+            }),
+        };
+        for route in ["/a", "/b"] {
+            m.publish_forecast(&["api", route], &forecast);
+        }
+        m.refresh_series();
+        let pool = |m: &Metrics| {
+            let mut values: Vec<String> = lock(&m.series_cache.labels)
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            values.sort();
+            values
+        };
+        let expected = |routes: &[&str]| {
+            let mut v: Vec<String> = ["api", "5m", "10m", "15m"]
+                .iter()
+                .chain(COMPONENTS.iter())
+                .chain(routes.iter())
+                .map(|s| s.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(pool(&m), expected(&["/a", "/b"]));
+        let a = m.series.mean.key(&["api", "/a", "5m"], false).expect("key");
+        let b = m
+            .series
+            .upper
+            .key(&["api", "/a", "15m"], false)
+            .expect("key");
+        assert!(Arc::ptr_eq(&a[1], &b[1]), "one \"/a\" for every family");
+        drop((a, b));
+        m.clear_forecast(&["api", "/b"]);
+        m.refresh_series();
+        assert_eq!(pool(&m), expected(&["/a"]));
+        let text = String::from_utf8(m.encode_text()).expect("utf-8");
+        assert!(text.contains("route=\"/a\"") && !text.contains("route=\"/b\""));
     }
 
     #[test]
