@@ -435,9 +435,9 @@ impl Metrics {
         &self.registry
     }
 
-    /// Re-encodes the per-series gauges if they changed since the last encoding, and
-    /// compresses the new text once. The pipeline calls it after publishing a tick, so
-    /// requests find both ready.
+    /// Re-encodes the per-series gauges if they changed since the last encoding, straight
+    /// into one gzip member. The pipeline calls it after publishing a tick, so requests
+    /// find it ready.
     pub fn refresh_series(&self) -> SeriesText {
         let cache = &self.series_cache;
         let _encoding = lock(&cache.encoding);
@@ -459,22 +459,30 @@ impl Metrics {
     }
 
     /// The encoding itself; the caller holds `series_cache.encoding`. The previous text
-    /// is served until the new one replaces it.
+    /// is served until the new one replaces it. The text goes through a 64 KiB buffer into
+    /// the compressor and is never held whole: at 10,000 series it is 26 MB, its gzip
+    /// member 2.3 MB.
     fn encode_series_if_dirty(&self) {
         let cache = &self.series_cache;
         if !cache.dirty.swap(false, Ordering::AcqRel) {
             return;
         }
-        let capacity = lock(&cache.encoded).text.len() + 4096;
-        let mut buf = Vec::with_capacity(capacity);
-        for family in self.series_families.iter() {
-            family.encode_text(&mut buf);
-        }
+        let capacity = lock(&cache.encoded).gzip.len() + 4096;
         // Once per change, so the default level: smaller bodies for every scrape.
-        let gzip = gzip_member(&buf, Compression::default());
+        let encoder = GzEncoder::new(Vec::with_capacity(capacity), Compression::default());
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, encoder);
+        // Writing into a Vec cannot fail.
+        for family in self.series_families.iter() {
+            let _ = family.encode_text(&mut out);
+        }
+        let gzip = out
+            .into_inner()
+            .ok()
+            .and_then(|encoder| encoder.finish().ok())
+            .unwrap_or_default();
         *lock(&cache.encoded) = SeriesText {
-            text: Bytes::from(buf),
-            gzip,
+            gzip: Bytes::from(gzip),
+            text: None,
         };
         // Label values that no gauge holds any more (removed series) are forgotten.
         lock(&cache.labels).retain(|value| Arc::strong_count(value) > 1);
@@ -507,7 +515,7 @@ impl Metrics {
             chunks.push(series.gzip);
         } else {
             chunks.push(Bytes::from(own));
-            chunks.push(series.text);
+            chunks.push(self.plain_series(series));
         }
         if format == ExpositionFormat::OpenMetrics {
             chunks.push(if gzip {
@@ -524,6 +532,31 @@ impl Metrics {
             },
             gzip,
         }
+    }
+
+    /// The per-series text uncompressed, for clients that do not take gzip: inflated
+    /// from the gzip member on the first such request after a change and kept until the
+    /// next one, so a sidecar scraped only with gzip (Prometheus) never holds it.
+    fn plain_series(&self, series: SeriesText) -> Bytes {
+        if let Some(text) = series.text {
+            return text;
+        }
+        let cache = &self.series_cache;
+        let _inflating = lock(&cache.inflating);
+        let is_current = |current: &SeriesText| current.gzip.as_ptr() == series.gzip.as_ptr();
+        // Another request may have inflated it while this one waited.
+        if let Some(text) = Some(lock(&cache.encoded))
+            .filter(|current| is_current(current))
+            .and_then(|current| current.text.clone())
+        {
+            return text;
+        }
+        let text = inflate(&series.gzip);
+        let mut current = lock(&cache.encoded);
+        if is_current(&current) {
+            current.text = Some(text.clone());
+        }
+        text
     }
 
     /// Encodes every metric in the Prometheus text format.
@@ -567,14 +600,23 @@ impl Exposition {
     }
 }
 
-/// The cached per-series part of the exposition: its text and the same text as one gzip
-/// member, both made once per change.
-#[derive(Debug, Clone, Default)]
+/// The cached per-series part of the exposition, made once per change.
+#[derive(Debug, Clone)]
 pub struct SeriesText {
-    /// Prometheus text 0.0.4 (the same bytes in OpenMetrics: the families are gauges).
-    pub text: Bytes,
-    /// `text` compressed as one gzip member.
+    /// Prometheus text 0.0.4 (the same bytes in OpenMetrics: the families are gauges) as
+    /// one gzip member.
     pub gzip: Bytes,
+    /// The same text uncompressed, once a client without gzip asked for it.
+    pub text: Option<Bytes>,
+}
+
+impl Default for SeriesText {
+    fn default() -> Self {
+        Self {
+            gzip: gzip_member(b"", Compression::default()),
+            text: None,
+        }
+    }
 }
 
 /// State shared by the per-series families: their cached text, whether a gauge changed
@@ -586,6 +628,8 @@ struct SeriesCache {
     encoding: Mutex<()>,
     /// Held only to read or replace the text.
     encoded: Mutex<SeriesText>,
+    /// Held while inflating the text for clients without gzip, so one request does it.
+    inflating: Mutex<()>,
     /// Every label value a gauge holds, stored once: at 10,000 series, 320,000 samples
     /// share 10,000 route values, the series name and a few horizons and components,
     /// instead of holding a `String` per label per sample (about 80 MB).
@@ -607,6 +651,27 @@ fn openmetrics_eof_gzip() -> Bytes {
     static EOF: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     EOF.get_or_init(|| gzip_member(OPENMETRICS_EOF, Compression::default()))
         .clone()
+}
+
+/// The data of one gzip member (empty if it is not one, which `gzip_member` never makes).
+fn inflate(member: &[u8]) -> Bytes {
+    use std::io::Read as _;
+    // The trailer's ISIZE is the length mod 2^32: a capacity hint, so the buffer is not
+    // grown (and copied) by doubling.
+    let size = member
+        .len()
+        .checked_sub(4)
+        .and_then(|at| member.get(at..))
+        .and_then(|tail| <[u8; 4]>::try_from(tail).ok())
+        .map_or(0, |tail| u32::from_le_bytes(tail) as usize);
+    let mut text = Vec::with_capacity(size);
+    if flate2::read::GzDecoder::new(member)
+        .read_to_end(&mut text)
+        .is_err()
+    {
+        text.clear();
+    }
+    Bytes::from(text)
 }
 
 /// `data` as one complete gzip member.
@@ -812,29 +877,30 @@ impl GaugeFamily {
         }
     }
 
-    /// Appends the family in the Prometheus text format 0.0.4, byte for byte what the
+    /// Writes the family in the Prometheus text format 0.0.4, byte for byte what the
     /// prometheus crate's `TextEncoder` writes for it after a registry's `gather` (nothing
-    /// when the family is empty).
-    fn encode_text(&self, out: &mut Vec<u8>) {
+    /// when the family is empty). Many small writes: give it a buffered writer.
+    fn encode_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let values = self.values();
         if values.is_empty() {
-            return;
+            return Ok(());
         }
         let inner = &self.inner;
-        out.extend_from_slice(inner.header.as_bytes());
+        out.write_all(inner.header.as_bytes())?;
         for (key, value) in values.iter() {
-            out.extend_from_slice(inner.name.as_bytes());
+            out.write_all(inner.name.as_bytes())?;
             for (prefix, label) in inner.label_prefixes.iter().zip(key.iter()) {
-                out.extend_from_slice(prefix.as_bytes());
-                out.extend_from_slice(escape(label, true).as_bytes());
-                out.push(b'"');
+                out.write_all(prefix.as_bytes())?;
+                out.write_all(escape(label, true).as_bytes())?;
+                out.write_all(b"\"")?;
             }
             if !key.is_empty() {
-                out.push(b'}');
+                out.write_all(b"}")?;
             }
             // `f64`'s `Display`, as the crate's `value.to_string()`.
-            let _ = writeln!(out, " {value}");
+            writeln!(out, " {value}")?;
         }
+        Ok(())
     }
 }
 
@@ -1027,7 +1093,7 @@ mod tests {
         TextEncoder::new()
             .encode(&registry.gather(), &mut expected)
             .expect("encodes");
-        let got = m.refresh_series().text;
+        let got = m.plain_series(m.refresh_series());
         assert_eq!(
             String::from_utf8_lossy(&got),
             String::from_utf8_lossy(&expected)
@@ -1040,6 +1106,32 @@ mod tests {
             .count();
         assert_eq!(lines, samples);
         assert!(samples > 300, "{samples}");
+    }
+
+    /// Only the gzip member is made per change; the plain text is inflated for the first
+    /// client without gzip, shared by the next ones, and dropped at the next change.
+    #[test]
+    fn plain_series_text_is_made_on_demand_and_kept_until_a_change() {
+        let m = Metrics::new("flowcast", &["route".to_string()]).expect("metrics");
+        m.series.ready.set(&["api", "/a"], 1.0);
+        assert!(
+            m.refresh_series().text.is_none(),
+            "not made for gzip clients"
+        );
+        let first = m.exposition(ExpositionFormat::Text, false);
+        let again = m.exposition(ExpositionFormat::OpenMetrics, false);
+        assert_eq!(first.chunks[1].as_ptr(), again.chunks[1].as_ptr(), "shared");
+        assert_eq!(
+            &first.chunks[1][..],
+            b"# HELP flowcast_ready 1 when the series has enough recent history and its forecasts are exported, else 0.\n\
+              # TYPE flowcast_ready gauge\n\
+              flowcast_ready{route=\"/a\",series=\"api\"} 1\n"
+        );
+        assert!(m.refresh_series().text.is_some(), "kept");
+        m.series.ready.set(&["api", "/a"], 0.0);
+        assert!(m.refresh_series().text.is_none(), "dropped at the change");
+        let text = m.exposition(ExpositionFormat::Text, false).concat();
+        assert!(String::from_utf8_lossy(&text).ends_with("series=\"api\"} 0\n"));
     }
 
     /// Label values are stored once for all families, and forgotten with the last gauge
