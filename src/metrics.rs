@@ -14,7 +14,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,10 +58,11 @@ struct SeriesGauges {
     replicas: GaugeFamily,
 }
 
-/// All metrics. The per-series gauges live in their own registry whose text is encoded
-/// (and gzip-compressed) once per change and cached, so that a `/metrics` request with
-/// thousands of series shares those bytes instead of encoding or copying them; only the
-/// process's own counters and histograms are encoded per request.
+/// All metrics. The per-series gauges live in one table (a row per series, outside the
+/// registry) whose text is encoded straight into a gzip member once per change and
+/// cached, so that a `/metrics` request with thousands of series shares those bytes
+/// instead of encoding or copying them; only the process's own counters and histograms
+/// (in the registry) are encoded per request.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -121,12 +122,20 @@ impl Metrics {
         let name = |n: &str| format!("{prefix}_{n}");
         let mut series_labels: Vec<&str> = vec!["series"];
         series_labels.extend(by.iter().map(String::as_str));
-        let mut horizon_labels = series_labels.clone();
-        horizon_labels.push("horizon");
-        let mut component_labels = horizon_labels.clone();
-        component_labels.push("component");
-        let gauge = |n: &str, help: &str, labels: &[&str]| -> Result<GaugeFamily, MetricsError> {
-            let g = GaugeFamily::new(name(n), help, labels, Arc::clone(&series_cache))?;
+        let horizon_labels: &[(&str, &'static [&'static str])] = &[("horizon", &HORIZONS)];
+        let component_labels: &[(&str, &'static [&'static str])] =
+            &[("horizon", &HORIZONS), ("component", &COMPONENTS)];
+        let gauge = |n: &str,
+                     help: &str,
+                     extras: &[(&str, &'static [&'static str])]|
+         -> Result<GaugeFamily, MetricsError> {
+            let g = GaugeFamily::new(
+                name(n),
+                help,
+                &series_labels,
+                extras,
+                Arc::clone(&series_cache),
+            )?;
             series_families.borrow_mut().push(g.clone());
             Ok(g)
         };
@@ -134,72 +143,72 @@ impl Metrics {
             mean: gauge(
                 "forecast_requests_per_second",
                 "Forecast of the peak 1-minute request rate in the 5-minute step ending `horizon` from now (mean of the band).",
-                &horizon_labels,
+                horizon_labels,
             )?,
             lower: gauge(
                 "forecast_lower_requests_per_second",
                 "Lower bound of the calibrated 95% forecast band (never below 0).",
-                &horizon_labels,
+                horizon_labels,
             )?,
             upper: gauge(
                 "forecast_upper_requests_per_second",
                 "Upper bound of the calibrated 95% forecast band; the autoscaling signal.",
-                &horizon_labels,
+                horizon_labels,
             )?,
             stddev: gauge(
                 "forecast_stddev_requests_per_second",
                 "Calibrated standard deviation sqrt(u1^2+u2^2+u3^2) of the forecast, for aggregating bands: sum(mean) +- 1.96*sqrt(sum(stddev^2)).",
-                &horizon_labels,
+                horizon_labels,
             )?,
             uncertainty: gauge(
                 "uncertainty_requests_per_second",
                 "Uncertainty components of the forecast before calibration: epistemic (u1, Monte-Carlo dropout), heteroscedastic (u2, predicted noise), homoscedastic (u3, learnt per time of day).",
-                &component_labels,
+                component_labels,
             )?,
             observed: gauge(
                 "observed_requests_per_second",
                 "Peak 1-minute request rate of the latest complete 5-minute step.",
-                &series_labels,
+                &[],
             )?,
             anomaly: gauge(
                 "anomaly_score",
                 "(observed - forecast made for the latest step) / its standard deviation, in the model's log scale.",
-                &series_labels,
+                &[],
             )?,
             out_of_band: gauge(
                 "out_of_band",
                 "1 when the latest observed step fell outside the band forecast for it 5 minutes earlier.",
-                &series_labels,
+                &[],
             )?,
             ready: gauge(
                 "ready",
                 "1 when the series has enough recent history and its forecasts are exported, else 0.",
-                &series_labels,
+                &[],
             )?,
             history: gauge(
                 "history_seconds",
                 "Seconds of 1-minute rates the series currently holds.",
-                &series_labels,
+                &[],
             )?,
             coverage: gauge(
                 "band_coverage_ratio",
                 "Share of recent steps that fell inside the band forecast for them (exponentially weighted over about a day).",
-                &horizon_labels,
+                horizon_labels,
             )?,
             concurrency: gauge(
                 "forecast_concurrency_upper",
                 "Little's law on the upper bound: requests in flight = upper rate x the app's mean latency (from its histogram's _sum/_count rates). Needs --latency-histogram.",
-                &horizon_labels,
+                horizon_labels,
             )?,
             replicas: gauge(
                 "recommended_replicas",
                 "ceil(upper rate x (1 + headroom) / per-replica capacity), at least 1. Needs --replica-capacity.",
-                &horizon_labels,
+                horizon_labels,
             )?,
             error: gauge(
                 "forecast_error_ratio",
                 "Mean absolute forecast error over the mean observed rate (exponentially weighted over about a day).",
-                &horizon_labels,
+                horizon_labels,
             )?,
         };
         let histogram =
@@ -445,17 +454,11 @@ impl Metrics {
         lock(&cache.encoded).clone()
     }
 
-    /// The cached per-series text for a request: re-encoded first only if a gauge changed
-    /// and no one else is encoding it, so a request never waits for an encoding (at
-    /// 10,000 series about half a second) and gets the previous text meanwhile.
+    /// The cached per-series text for a request, as the last [`Metrics::refresh_series`]
+    /// left it: a request never encodes (at 10,000 series about half a second on a
+    /// runtime worker), nor waits for an encoding.
     fn series_for_request(&self) -> SeriesText {
-        let cache = &self.series_cache;
-        if cache.dirty.load(Ordering::Acquire) {
-            if let Ok(_encoding) = cache.encoding.try_lock() {
-                self.encode_series_if_dirty();
-            }
-        }
-        lock(&cache.encoded).clone()
+        lock(&self.series_cache.encoded).clone()
     }
 
     /// The encoding itself; the caller holds `series_cache.encoding`. The previous text
@@ -484,8 +487,6 @@ impl Metrics {
             gzip: Bytes::from(gzip),
             text: None,
         };
-        // Label values that no gauge holds any more (removed series) are forgotten.
-        lock(&cache.labels).retain(|value| Arc::strong_count(value) > 1);
     }
 
     fn encode_own(&self) -> Vec<u8> {
@@ -559,14 +560,18 @@ impl Metrics {
         text
     }
 
-    /// Encodes every metric in the Prometheus text format.
+    /// Encodes every metric in the Prometheus text format (refreshing the per-series
+    /// text first).
     pub fn encode_text(&self) -> Vec<u8> {
+        self.refresh_series();
         self.exposition(ExpositionFormat::Text, false).concat()
     }
 
-    /// Every metric in OpenMetrics 1.0 text, for scrapers that ask for it. The per-series
-    /// families are all gauges, which read the same in both formats.
+    /// Every metric in OpenMetrics 1.0 text, for scrapers that ask for it (refreshing the
+    /// per-series text first). The per-series families are all gauges, which read the
+    /// same in both formats.
     pub fn encode_openmetrics(&self) -> Vec<u8> {
+        self.refresh_series();
         self.exposition(ExpositionFormat::OpenMetrics, false)
             .concat()
     }
@@ -619,8 +624,8 @@ impl Default for SeriesText {
     }
 }
 
-/// State shared by the per-series families: their cached text, whether a gauge changed
-/// since, and their label values.
+/// State shared by the per-series families: their values, their cached text and whether a
+/// gauge changed since.
 #[derive(Default)]
 struct SeriesCache {
     dirty: AtomicBool,
@@ -630,10 +635,8 @@ struct SeriesCache {
     encoded: Mutex<SeriesText>,
     /// Held while inflating the text for clients without gzip, so one request does it.
     inflating: Mutex<()>,
-    /// Every label value a gauge holds, stored once: at 10,000 series, 320,000 samples
-    /// share 10,000 route values, the series name and a few horizons and components,
-    /// instead of holding a `String` per label per sample (about 80 MB).
-    labels: Mutex<HashSet<Arc<str>>>,
+    /// Every per-series gauge's value.
+    rows: Mutex<SeriesRows>,
 }
 
 /// Locks `mutex`; a panic while it was held cannot leave the data half-updated (every
@@ -747,16 +750,17 @@ fn set_or_remove(g: &GaugeFamily, labels: &[&str], value: Option<f64>) {
     }
 }
 
-/// A gauge family keyed by the whole tuple of label values, used for every per-series
-/// gauge instead of `GaugeVec`. `GaugeVec` (prometheus 0.14, `vec.rs`
-/// `hash_label_values`) keys its children by a hash of the label values concatenated with
-/// no separator and does not compare the values on a hit, so `("/r/1", "15m")` and
-/// `("/r/11", "5m")` share one gauge: one series' forecast would be exported under the
-/// other's labels and the other's would vanish.
+/// One gauge family of the per-series table, used for every per-series gauge instead of
+/// `GaugeVec`. `GaugeVec` (prometheus 0.14, `vec.rs` `hash_label_values`) keys its
+/// children by a hash of the label values concatenated with no separator and does not
+/// compare the values on a hit, so `("/r/1", "15m")` and `("/r/11", "5m")` share one
+/// gauge: one series' forecast would be exported under the other's labels and the
+/// other's would vanish. Here a sample is found by the series' whole tuple of label values
+/// and the slot of its `horizon` and `component`.
 ///
-/// It encodes its own text (the bytes the prometheus crate's `TextEncoder` writes for a
-/// gathered gauge family) straight from the map: going through the crate's `MetricFamily`
-/// built one label-pair `String` per label per sample, about 150 MB at 10,000 series.
+/// A family is a range of slots in [`SeriesRows`]: one per value, one per horizon, or one
+/// per horizon and component. It encodes its own text (the bytes the prometheus crate's
+/// `TextEncoder` writes for a gathered gauge family) straight from the rows.
 #[derive(Clone)]
 struct GaugeFamily {
     inner: Arc<GaugeFamilyInner>,
@@ -766,26 +770,92 @@ struct GaugeFamilyInner {
     name: String,
     /// `# HELP` and `# TYPE` lines.
     header: String,
-    /// Label names in the order callers pass values.
+    /// Label names in the order callers pass values: the series labels, then `horizon`
+    /// and `component` where the family has them.
     label_names: Vec<String>,
-    /// `sorted[j]`: the caller's position of the label that sorts `j`-th by name. Keys
-    /// are stored in name order, so the map iterates in the order a registry gathers
-    /// (samples sorted by their label values in label-name order).
-    sorted: Vec<usize>,
+    /// How many of `label_names` are series labels.
+    series_labels: usize,
+    /// Values of the extra labels (`horizon`, then `component`).
+    extras: Vec<&'static [&'static str]>,
+    /// The family's first slot in a row; it has the product of the extras' lengths.
+    first_slot: usize,
+    /// The labels in name order, the order of the text and of the samples (sorted by
+    /// their values in this order, as a registry gathers).
+    order: Vec<LabelSource>,
     /// Per label in name order, the text before its value: `{name="` or `,name="`.
     label_prefixes: Vec<String>,
-    values: Mutex<BTreeMap<Box<[Arc<str>]>, f64>>,
     cache: Arc<SeriesCache>,
+}
+
+impl GaugeFamilyInner {
+    /// The value of the label at `source` of a sample: its series' label values and its
+    /// slot within the family.
+    fn label<'a>(&self, source: LabelSource, series: &'a [Box<str>], k: usize) -> &'a str {
+        match source {
+            LabelSource::Series(i) => &series[i],
+            LabelSource::Extra(e) => {
+                // Slots run over the last extra fastest.
+                let stride: usize = self.extras[e + 1..].iter().map(|v| v.len()).product();
+                let values = self.extras[e];
+                values[(k / stride) % values.len()]
+            }
+        }
+    }
+}
+
+/// Where a label's value comes from.
+#[derive(Clone, Copy)]
+enum LabelSource {
+    /// The series' label values, at this position.
+    Series(usize),
+    /// An extra label (`extras[i]`), by the sample's slot.
+    Extra(usize),
+}
+
+/// The values of every per-series gauge, one row per series: at 10,000 series 320,000
+/// samples, held as 10,000 label tuples and rows of numbers rather than a label tuple per
+/// sample.
+#[derive(Default)]
+struct SeriesRows {
+    /// Slots per row: every family's, reserved as the families are made.
+    slots: usize,
+    rows: BTreeMap<Box<[Box<str>]>, Row>,
+    /// The key of the series last set or removed: publishing sets a series' gauges one
+    /// after another, so its key is allocated once, not once per gauge.
+    last: Box<[Box<str>]>,
+}
+
+impl SeriesRows {
+    /// Makes `last` the key of `series`.
+    fn point_at(&mut self, series: &[&str]) {
+        let same = self.last.len() == series.len()
+            && self.last.iter().zip(series).all(|(a, b)| **a == **b);
+        if !same {
+            self.last = series.iter().map(|v| Box::from(*v)).collect();
+        }
+    }
+}
+
+/// One series' gauge values; a slot without its `present` bit is absent.
+struct Row {
+    values: Box<[f64]>,
+    present: u64,
 }
 
 impl GaugeFamily {
     fn new(
         name: String,
         help: &str,
-        labels: &[&str],
+        series_labels: &[&str],
+        extras: &[(&str, &'static [&'static str])],
         cache: Arc<SeriesCache>,
     ) -> Result<Self, prometheus::Error> {
-        let label_names: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        let label_names: Vec<String> = series_labels
+            .iter()
+            .copied()
+            .chain(extras.iter().map(|(name, _)| *name))
+            .map(str::to_string)
+            .collect();
         // Validates the metric and label names as the registry did.
         prometheus::core::Desc::new(
             name.clone(),
@@ -793,9 +863,16 @@ impl GaugeFamily {
             label_names.clone(),
             HashMap::new(),
         )?;
-        let mut sorted: Vec<usize> = (0..label_names.len()).collect();
-        sorted.sort_by(|&a, &b| label_names[a].cmp(&label_names[b]));
-        let label_prefixes = sorted
+        let mut by_name: Vec<usize> = (0..label_names.len()).collect();
+        by_name.sort_by(|&a, &b| label_names[a].cmp(&label_names[b]));
+        let order = by_name
+            .iter()
+            .map(|&i| match i.checked_sub(series_labels.len()) {
+                None => LabelSource::Series(i),
+                Some(e) => LabelSource::Extra(e),
+            })
+            .collect();
+        let label_prefixes = by_name
             .iter()
             .enumerate()
             .map(|(j, &i)| format!("{}{}=\"", if j == 0 { '{' } else { ',' }, label_names[i]))
@@ -805,96 +882,142 @@ impl GaugeFamily {
             header = format!("# HELP {name} {}\n", escape(help, false));
         }
         header.push_str(&format!("# TYPE {name} gauge\n"));
+        let extras: Vec<&'static [&'static str]> = extras.iter().map(|(_, v)| *v).collect();
+        let slots: usize = extras.iter().map(|v| v.len()).product();
+        let first_slot = {
+            let mut rows = lock(&cache.rows);
+            let first = rows.slots;
+            rows.slots += slots;
+            if rows.slots > 64 {
+                return Err(prometheus::Error::Msg(
+                    "more than 64 per-series gauge slots".into(),
+                ));
+            }
+            first
+        };
         Ok(Self {
             inner: Arc::new(GaugeFamilyInner {
                 name,
                 header,
                 label_names,
-                sorted,
+                series_labels: series_labels.len(),
+                extras,
+                first_slot,
+                order,
                 label_prefixes,
-                values: Mutex::new(BTreeMap::new()),
                 cache,
             }),
         })
     }
 
-    fn values(&self) -> std::sync::MutexGuard<'_, BTreeMap<Box<[Arc<str>]>, f64>> {
-        lock(&self.inner.values)
+    /// Slots of this family in a row.
+    fn slots(&self) -> usize {
+        self.inner.extras.iter().map(|v| v.len()).product()
     }
 
-    /// The map key of these label values (in the family's label order): the values in
-    /// label-name order, taken from the shared label values (added there if `intern`,
-    /// else `None` when one is not there, so no gauge has it).
-    fn key(&self, labels: &[&str], intern: bool) -> Option<Box<[Arc<str>]>> {
-        let mut pool = lock(&self.inner.cache.labels);
-        self.inner
-            .sorted
-            .iter()
-            .map(|&i| match pool.get(labels[i]) {
-                Some(value) => Some(Arc::clone(value)),
-                None if intern => {
-                    let value: Arc<str> = Arc::from(labels[i]);
-                    pool.insert(Arc::clone(&value));
-                    Some(value)
-                }
-                None => None,
-            })
-            .collect()
-    }
-
-    /// Sets the gauge with these label values (in the family's label order). A call with
-    /// the wrong number of values is a programming error and is ignored.
-    fn set(&self, labels: &[&str], value: f64) {
-        if labels.len() != self.inner.label_names.len() {
-            return;
+    /// The slot of a sample with these label values (in the family's label order), or
+    /// `None` for a wrong number of values or an extra label value it does not have
+    /// (programming errors, ignored).
+    fn slot(&self, labels: &[&str]) -> Option<usize> {
+        let inner = &self.inner;
+        if labels.len() != inner.label_names.len() {
+            return None;
         }
-        let Some(key) = self.key(labels, true) else {
+        let mut slot = 0;
+        for (values, given) in inner.extras.iter().zip(&labels[inner.series_labels..]) {
+            slot = slot * values.len() + values.iter().position(|v| v == given)?;
+        }
+        Some(inner.first_slot + slot)
+    }
+
+    /// Sets the gauge with these label values (in the family's label order).
+    fn set(&self, labels: &[&str], value: f64) {
+        let Some(slot) = self.slot(labels) else {
             return;
         };
-        let mut values = self.values();
-        let changed = match values.get_mut(&key) {
-            Some(old) => std::mem::replace(old, value).to_bits() != value.to_bits(),
-            None => {
-                values.insert(key, value);
-                true
-            }
+        let mut table = lock(&self.inner.cache.rows);
+        table.point_at(&labels[..self.inner.series_labels]);
+        let SeriesRows { slots, rows, last } = &mut *table;
+        if !rows.contains_key(&last[..]) {
+            rows.insert(
+                last.clone(),
+                Row {
+                    values: vec![0.0; *slots].into_boxed_slice(),
+                    present: 0,
+                },
+            );
+        }
+        let Some(row) = rows.get_mut(&last[..]) else {
+            return;
         };
+        let bit = 1u64 << slot;
+        let changed = row.present & bit == 0 || row.values[slot].to_bits() != value.to_bits();
+        row.values[slot] = value;
+        row.present |= bit;
         if changed {
             self.inner.cache.dirty.store(true, Ordering::Release);
         }
     }
 
-    /// Removes the gauge with these label values, if present.
+    /// Removes the gauge with these label values, if present; a series whose last gauge
+    /// goes is forgotten.
     fn remove(&self, labels: &[&str]) {
-        if labels.len() != self.inner.label_names.len() {
-            return;
-        }
-        let Some(key) = self.key(labels, false) else {
+        let Some(slot) = self.slot(labels) else {
             return;
         };
-        if self.values().remove(&key).is_some() {
-            self.inner.cache.dirty.store(true, Ordering::Release);
+        let mut table = lock(&self.inner.cache.rows);
+        table.point_at(&labels[..self.inner.series_labels]);
+        let SeriesRows { rows, last, .. } = &mut *table;
+        let Some(row) = rows.get_mut(&last[..]) else {
+            return;
+        };
+        let bit = 1u64 << slot;
+        if row.present & bit == 0 {
+            return;
         }
+        row.present &= !bit;
+        if row.present == 0 {
+            rows.remove(&last[..]);
+        }
+        self.inner.cache.dirty.store(true, Ordering::Release);
     }
 
     /// Writes the family in the Prometheus text format 0.0.4, byte for byte what the
     /// prometheus crate's `TextEncoder` writes for it after a registry's `gather` (nothing
     /// when the family is empty). Many small writes: give it a buffered writer.
     fn encode_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let values = self.values();
-        if values.is_empty() {
+        let inner = &self.inner;
+        let table = lock(&inner.cache.rows);
+        let mut samples: Vec<(&[Box<str>], usize, f64)> = Vec::new();
+        for (series, row) in &table.rows {
+            for k in 0..self.slots() {
+                let slot = inner.first_slot + k;
+                if row.present & (1u64 << slot) != 0 {
+                    samples.push((series, k, row.values[slot]));
+                }
+            }
+        }
+        if samples.is_empty() {
             return Ok(());
         }
-        let inner = &self.inner;
+        let label = |source, series, k| inner.label(source, series, k);
+        samples.sort_by(|a, b| {
+            inner
+                .order
+                .iter()
+                .map(|&source| label(source, a.0, a.1).cmp(label(source, b.0, b.1)))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         out.write_all(inner.header.as_bytes())?;
-        for (key, value) in values.iter() {
+        for (series, k, value) in samples {
             out.write_all(inner.name.as_bytes())?;
-            for (prefix, label) in inner.label_prefixes.iter().zip(key.iter()) {
+            for (prefix, &source) in inner.label_prefixes.iter().zip(&inner.order) {
                 out.write_all(prefix.as_bytes())?;
-                out.write_all(escape(label, true).as_bytes())?;
+                out.write_all(escape(label(source, series, k), true).as_bytes())?;
                 out.write_all(b"\"")?;
             }
-            if !key.is_empty() {
+            if !inner.order.is_empty() {
                 out.write_all(b"}")?;
             }
             // `f64`'s `Display`, as the crate's `value.to_string()`.
@@ -991,6 +1114,7 @@ mod tests {
             m.series.upper.set(&["api", &route, "5m"], i as f64 + 0.5);
             m.series.ready.set(&["api", &route], 1.0);
         }
+        m.refresh_series();
         for format in [ExpositionFormat::Text, ExpositionFormat::OpenMetrics] {
             let plain = m.exposition(format, false);
             let zipped = m.exposition(format, true);
@@ -1006,6 +1130,9 @@ mod tests {
             "the series member is shared, not compressed again"
         );
         m.series.upper.set(&["api", "/r/0", "5m"], 99.0);
+        let stale = m.exposition(ExpositionFormat::Text, true);
+        assert_eq!(stale.chunks[1], first.chunks[1], "requests never encode");
+        m.refresh_series();
         let changed = m.exposition(ExpositionFormat::Text, true);
         assert_ne!(first.chunks[1], changed.chunks[1]);
         let text = String::from_utf8(gunzip(&changed.chunks)).expect("utf-8");
@@ -1130,14 +1257,13 @@ mod tests {
         assert!(m.refresh_series().text.is_some(), "kept");
         m.series.ready.set(&["api", "/a"], 0.0);
         assert!(m.refresh_series().text.is_none(), "dropped at the change");
-        let text = m.exposition(ExpositionFormat::Text, false).concat();
+        let text = m.encode_text();
         assert!(String::from_utf8_lossy(&text).ends_with("series=\"api\"} 0\n"));
     }
 
-    /// Label values are stored once for all families, and forgotten with the last gauge
-    /// that held them.
+    /// A series is one row for all its gauges, forgotten with its last gauge.
     #[test]
-    fn label_values_are_shared_and_forgotten_with_their_last_gauge() {
+    fn a_series_is_one_row_forgotten_with_its_last_gauge() {
         let m = Metrics::new("flowcast", &["route".to_string()]).expect("metrics");
         let forecast = Forecast {
             origin: 0,
@@ -1151,40 +1277,33 @@ mod tests {
         };
         for route in ["/a", "/b"] {
             m.publish_forecast(&["api", route], &forecast);
+            m.publish_status(
+                &["api", route],
+                &SeriesStatus {
+                    ready: true,
+                    ..SeriesStatus::default()
+                },
+            );
         }
-        m.refresh_series();
-        let pool = |m: &Metrics| {
-            let mut values: Vec<String> = lock(&m.series_cache.labels)
-                .iter()
-                .map(|v| v.to_string())
-                .collect();
-            values.sort();
-            values
+        let rows = |m: &Metrics| -> Vec<String> {
+            lock(&m.series_cache.rows)
+                .rows
+                .keys()
+                .map(|k| k.join("/"))
+                .collect()
         };
-        let expected = |routes: &[&str]| {
-            let mut v: Vec<String> = ["api", "5m", "10m", "15m"]
-                .iter()
-                .chain(COMPONENTS.iter())
-                .chain(routes.iter())
-                .map(|s| s.to_string())
-                .collect();
-            v.sort();
-            v
-        };
-        assert_eq!(pool(&m), expected(&["/a", "/b"]));
-        let a = m.series.mean.key(&["api", "/a", "5m"], false).expect("key");
-        let b = m
-            .series
-            .upper
-            .key(&["api", "/a", "15m"], false)
-            .expect("key");
-        assert!(Arc::ptr_eq(&a[1], &b[1]), "one \"/a\" for every family");
-        drop((a, b));
+        assert_eq!(rows(&m), ["api//a", "api//b"]);
         m.clear_forecast(&["api", "/b"]);
-        m.refresh_series();
-        assert_eq!(pool(&m), expected(&["/a"]));
+        assert_eq!(rows(&m), ["api//a", "api//b"], "/b is still ready=1");
+        m.series.ready.remove(&["api", "/b"]);
+        m.series.history.remove(&["api", "/b"]);
+        assert_eq!(rows(&m), ["api//a"]);
         let text = String::from_utf8(m.encode_text()).expect("utf-8");
         assert!(text.contains("route=\"/a\"") && !text.contains("route=\"/b\""));
+        // Wrong label counts and unknown horizons are ignored.
+        m.series.upper.set(&["api", "/c"], 1.0);
+        m.series.upper.set(&["api", "/c", "20m"], 1.0);
+        assert_eq!(rows(&m), ["api//a"]);
     }
 
     #[test]
