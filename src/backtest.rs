@@ -234,7 +234,7 @@ pub fn run(series: &Series, model: Arc<Model>, settings: Settings) -> Result<Vec
 /// come from its own seed, so the result is the same for any split.
 fn predict_parallel(
     model: &Model,
-    inputs: &[ModelInput],
+    inputs: &[&ModelInput],
     seeds: &[u64],
     passes: usize,
     threads: usize,

@@ -190,7 +190,7 @@ fn check_weights(model: &TypedModel) -> Result<(), ModelError> {
 /// Most pass rows (series × (passes + 1)) run in one tract call; bigger ticks are split so
 /// that memory stays bounded (TRACT.md: RSS grows with the batch). A pass row costs only
 /// the decoder's last layer and the head, so this can be large.
-const MAX_ROWS: usize = 4096;
+const MAX_ROWS: usize = 1024;
 
 impl Model {
     /// Loads the model embedded in the binary.
@@ -262,9 +262,9 @@ impl Model {
     /// batched run (split only beyond [`MAX_ROWS`] rows). Input `i`'s masks come from a
     /// ChaCha8 stream seeded with `seeds[i]`, so a result never depends on what else shares
     /// the batch.
-    pub fn predict(
+    pub fn predict<I: std::borrow::Borrow<ModelInput>>(
         &self,
-        inputs: &[ModelInput],
+        inputs: &[I],
         seeds: &[u64],
         passes: usize,
     ) -> Result<Vec<PassOutputs>, ModelError> {
@@ -337,9 +337,9 @@ impl Model {
         Ok((take(0)?, take(1)?))
     }
 
-    fn run_rows(
+    fn run_rows<I: std::borrow::Borrow<ModelInput>>(
         &self,
-        inputs: &[ModelInput],
+        inputs: &[I],
         seeds: &[u64],
         rows_per_series: usize,
     ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
@@ -350,6 +350,7 @@ impl Model {
         let mut rows = Vec::with_capacity(batch);
         let scale = (1.0 / self.keep) as f32;
         for (i, (input, seed)) in inputs.iter().zip(seeds).enumerate() {
+            let input = input.borrow();
             x.extend(input.x.iter().flatten());
             xf.extend(input.xf.iter().flatten());
             let mut rng = ChaCha8Rng::seed_from_u64(*seed);
