@@ -15,7 +15,7 @@ use flowcast::config::FileConfig;
 
 use crate::dashboard::{dashboard, substitute, targets};
 use crate::keda::{scaled_object, trigger};
-use crate::support::{read_metrics, value, FakeApp};
+use crate::support::{free_port, read_metrics, value, FakeApp};
 use crate::{repo_path, scratch_dir, support};
 
 const SELECTOR: &str = "http_requests_total{code!~\"5..\"}";
@@ -94,13 +94,6 @@ pub(crate) fn start_prometheus(bin: &Path, dir: &Path, config: &str, port: u16) 
             .arg("--log.level=warn"),
         dir.join("prometheus.log"),
     )
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// Prometheus's HTTP API on loopback.

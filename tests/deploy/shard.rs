@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::prometheus::{free_port, start_prometheus};
+use crate::prometheus::start_prometheus;
+use crate::support::free_port;
 use crate::{scratch_dir, support};
 
 #[tokio::test]

@@ -12,7 +12,9 @@ use flowcast::exposition::Selector;
 use flowcast::model::Model;
 use flowcast::state;
 
-use crate::support::{get, read_metrics, seed_snapshot, value, FakeApp};
+use crate::support::{
+    free_port, get, read_metrics, seed_snapshot, sigterm, value, wait_exit, FakeApp,
+};
 
 const SELECTOR: &str = "app_requests_total{code!~\"5..\"}";
 
@@ -59,13 +61,6 @@ impl Drop for Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 fn start(app: &FakeApp, dir: &Path, selector: &str, env: &[(&str, &str)]) -> Sidecar {
@@ -137,25 +132,6 @@ fn orders_ready(samples: &[crate::support::Scraped]) -> bool {
             ],
         )
         .is_some()
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
 }
 
 fn tempdir(tag: &str) -> PathBuf {

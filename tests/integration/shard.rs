@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{read_metrics, ChildGuard, FakeApp};
+use crate::support::{free_port, read_metrics, ChildGuard, FakeApp};
 
 const ROUTES: usize = 24;
 
@@ -19,13 +19,6 @@ fn exposition(step: u64) -> String {
         ));
     }
     text
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// The routes this replica exports `flowcast_ready` for.

@@ -10,23 +10,18 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flowcast::server::FAULT_METRICS_HOLD_ENV;
 
-use crate::support::{read_metrics, seed_snapshot_keys, value, ChildGuard};
+use crate::support::{
+    free_port, read_metrics, seed_snapshot_keys, sigterm, value, wait_exit, ChildGuard,
+};
 
 const SELECTOR: &str = "app_requests_total";
 /// Never answers: the series are ready from the snapshot alone.
 const TARGET: &str = "http://127.0.0.1:1/metrics";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 fn tempdir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flowcast-it-{tag}-{}", std::process::id()));
@@ -155,25 +150,6 @@ fn wait_until_ready(port: u16) {
         assert!(Instant::now() < deadline, "series not ready within 20 s");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 #[test]
