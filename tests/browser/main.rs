@@ -10,7 +10,7 @@
 //! ```
 
 use std::collections::HashSet;
-use std::io::{BufRead as _, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -45,7 +45,7 @@ async fn chromium_renders_the_chart_of_every_series() {
         return;
     };
     let started = Instant::now();
-    let (_demo, page_url, metrics_url) = start_demo().await;
+    let (_demo, page_url, metrics_url) = support::start_demo("180s").await;
     wait_until_ready(&metrics_url).await;
     let ready_after = started.elapsed();
 
@@ -346,50 +346,6 @@ async fn wait_until_ready(metrics_url: &str) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("demo series not all ready within 60 s; last /metrics:\n{last}");
-}
-
-/// Starts `flowcast demo` on an ephemeral loopback port and returns it with the page and
-/// `/metrics` URLs read from its banner. Its stdout keeps being drained so the demo never
-/// writes into a closed pipe.
-async fn start_demo() -> (ChildGuard, String, String) {
-    let mut child = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_flowcast"))
-            // Longer than the test needs: the browser runs must find the demo still up.
-            .args(["demo", "--listen", "127.0.0.1:0", "--duration", "180s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("demo starts"),
-    );
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        let (mut page, mut metrics) = (None, None);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let url = line.split_whitespace().last().unwrap_or_default();
-            if line.trim_start().starts_with("web page:") {
-                page = Some(url.to_string());
-            } else if line.trim_start().starts_with("metrics:") {
-                metrics = Some(url.to_string());
-            }
-            if let (Some(p), Some(m)) = (&page, &metrics) {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send((p.clone(), m.clone()));
-                }
-            }
-        }
-    });
-    let (page, metrics) = tokio::time::timeout(Duration::from_secs(20), rx)
-        .await
-        .expect("the demo prints its banner within 20 s")
-        .expect("the demo prints its page and metrics URLs");
-    assert!(
-        page.starts_with("http://127.0.0.1:") && metrics.starts_with("http://127.0.0.1:"),
-        "demo not on loopback: {page} {metrics}"
-    );
-    (child, page, metrics)
 }
 
 /// A fresh directory under the system temp dir, removed when dropped.

@@ -10,7 +10,6 @@ mod shutdown;
 mod support;
 mod tls;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use flowcast::config::FileConfig;
 use flowcast::model::Model;
 use flowcast::pipeline::now_unix;
 use flowcast::sidecar::Sidecar;
-use support::{get, read_metrics, value, ChildGuard, FakeApp};
+use support::{get, read_metrics, value, FakeApp};
 use tokio_util::sync::CancellationToken;
 
 const HORIZONS: [&str; 3] = ["5m", "10m", "15m"];
@@ -474,7 +473,7 @@ fn bad_flags_and_configs_exit_2_naming_the_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_ready_forecasts_within_20_seconds() {
     let started = Instant::now();
-    let (child, metrics_url) = start_demo().await;
+    let (child, _, metrics_url) = support::start_demo("60s").await;
     let mut ready_samples = None;
     while started.elapsed() < Duration::from_secs(20) {
         if let Ok(Ok(r)) =
@@ -510,39 +509,6 @@ async fn demo_serves_ready_forecasts_within_20_seconds() {
     drop(child);
 }
 
-/// Starts `flowcast demo` on an ephemeral loopback port and returns it with its /metrics
-/// URL, read from the banner. Its stdout keeps being drained so the demo never writes into
-/// a closed pipe.
-async fn start_demo() -> (ChildGuard, String) {
-    let mut child = ChildGuard(
-        flowcast()
-            .args(["demo", "--listen", "127.0.0.1:0", "--duration", "60s"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("demo starts"),
-    );
-    let stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let url = line
-                .split_whitespace()
-                .find(|w| w.ends_with("/metrics") && !line.contains("synthetic"))
-                .map(str::to_owned);
-            if let Some(tx) = url.is_some().then(|| tx.take()).flatten() {
-                let _ = tx.send(url.unwrap_or_default());
-            }
-        }
-    });
-    let url = tokio::time::timeout(Duration::from_secs(20), rx)
-        .await
-        .expect("the demo prints its banner within 20 s")
-        .expect("the demo prints its metrics URL");
-    (child, url)
-}
-
 /// `promtool check metrics` (Prometheus's own linter) finds nothing to report on the
 /// demo's `/metrics`. Needs Debian's `prometheus` package (installed by .ci/run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,7 +516,7 @@ async fn promtool_finds_no_problem_in_the_exposition() {
     let Some(promtool) = support::tool("promtool") else {
         return;
     };
-    let (child, url) = start_demo().await;
+    let (child, _, url) = support::start_demo("60s").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
         let (_, _, body) = get(&url).await;

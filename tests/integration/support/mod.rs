@@ -218,3 +218,46 @@ pub fn wait_exit(
     }
     None
 }
+
+/// Starts `flowcast demo` for `duration` on an ephemeral loopback port and returns it with the page and
+/// `/metrics` URLs read from its banner. Its stdout keeps being drained so the demo never
+/// writes into a closed pipe.
+pub async fn start_demo(duration: &str) -> (ChildGuard, String, String) {
+    let mut child = ChildGuard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowcast"))
+            .args(["demo", "--listen", "127.0.0.1:0", "--duration", duration])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("demo starts"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let (mut page, mut metrics) = (None, None);
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let url = line.split_whitespace().last().unwrap_or_default();
+            if line.trim_start().starts_with("web page:") {
+                page = Some(url.to_string());
+            } else if line.trim_start().starts_with("metrics:") {
+                metrics = Some(url.to_string());
+            }
+            if let (Some(p), Some(m)) = (&page, &metrics) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send((p.clone(), m.clone()));
+                }
+            }
+        }
+    });
+    let (page, metrics) = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("the demo prints its banner within 20 s")
+        .expect("the demo prints its page and metrics URLs");
+    assert!(
+        page.starts_with("http://127.0.0.1:") && metrics.starts_with("http://127.0.0.1:"),
+        "demo not on loopback: {page} {metrics}"
+    );
+    (child, page, metrics)
+}
