@@ -228,6 +228,15 @@ pub struct SeriesLimits {
     pub shard: Option<crate::shard::Shard>,
 }
 
+/// Why a series key was not admitted.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    /// `max_series` is reached.
+    Cap,
+    /// The key belongs to another shard.
+    OtherShard,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Child {
     last: f64,
@@ -285,11 +294,20 @@ impl SeriesSet {
 
     /// The index of the series with this key, creating it if the cap and the shard allow.
     pub fn series_index(&mut self, key: &[String]) -> Option<usize> {
+        self.admit(key).ok()
+    }
+
+    /// [`Self::series_index`], saying why a key was refused (the shard's hash is computed
+    /// once per new key).
+    fn admit(&mut self, key: &[String]) -> Result<usize, Refused> {
         if let Some(&i) = self.index.get(key) {
-            return Some(i);
+            return Ok(i);
         }
-        if self.series.len() >= self.limits.max_series || !self.owns(key) {
-            return None;
+        if !self.owns(key) {
+            return Err(Refused::OtherShard);
+        }
+        if self.series.len() >= self.limits.max_series {
+            return Err(Refused::Cap);
         }
         let i = self.series.len();
         self.series.push(Series {
@@ -297,7 +315,7 @@ impl SeriesSet {
             ..Series::default()
         });
         self.index.insert(key.to_vec(), i);
-        Some(i)
+        Ok(i)
     }
 
     /// Records one scrape taken at `t` (unix seconds): `samples` yields, for every sample
@@ -326,13 +344,16 @@ impl SeriesSet {
         }
         for (hash, key, value) in samples {
             stats.matched += 1;
-            let Some(series) = self.series_index(key) else {
-                if self.owns(key) {
+            let series = match self.admit(key) {
+                Ok(series) => series,
+                Err(Refused::Cap) => {
                     stats.dropped += 1;
-                } else {
-                    stats.not_owned += 1;
+                    continue;
                 }
-                continue;
+                Err(Refused::OtherShard) => {
+                    stats.not_owned += 1;
+                    continue;
+                }
             };
             if !value.is_finite() || value < 0.0 {
                 stats.invalid += 1;
