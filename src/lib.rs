@@ -12,7 +12,7 @@
 //! Modules: [`config`] and [`cli`] parse settings at the edge; [`scrape`] fetches;
 //! [`exposition`] parses; [`history`] keeps fixed-size per-series state; [`features`] owns
 //! the model contract; [`model`] is the only module that imports tract; [`band`] turns
-//! model outputs into calibrated intervals; [`pipeline`] runs a tick; [`state`] snapshots what it learnt; [`metrics`] names
+//! model outputs into calibrated intervals; [`pipeline`] runs a tick; [`state`] snapshots what it learnt; [`pages`] gives start-up code back to the system; [`metrics`] names
 //! every metric; [`server`] serves them; [`sidecar`], [`demo`] and [`backtest`] are drivers.
 
 pub mod backoff;
@@ -27,6 +27,7 @@ pub mod features;
 pub mod history;
 pub mod metrics;
 pub mod model;
+pub mod pages;
 pub mod pipeline;
 pub mod promapi;
 pub mod scrape;

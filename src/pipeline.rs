@@ -636,6 +636,7 @@ pub async fn run(
     shared.ready.store(true, Ordering::Release);
     let mut last_outcome: Option<&'static str> = None;
     let mut backoff = Backoff::new(settings.scrape_interval, engine.settings().seed ^ 0x5EED);
+    let mut released = false;
     loop {
         tokio::select! {
             biased;
@@ -670,8 +671,16 @@ pub async fn run(
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
-                    result = forecast_once(&mut engine, origin, &shared) => {
-                        if let Err(e) = result {
+                    result = forecast_once(&mut engine, origin, &shared) => match result {
+                        Ok(forecast) => {
+                            if forecast > 0 && !released {
+                                // Start-up is over once the model has run: what only it
+                                // used (model loading above all) leaves memory.
+                                released = true;
+                                release_startup_pages().await;
+                            }
+                        }
+                        Err(e) => {
                             shared.metrics.tick_failures.with_label_values(&[e.reason()]).inc();
                             warn!(reason = e.reason(), error = %e, "forecast tick failed");
                         }
@@ -688,14 +697,24 @@ pub async fn run(
     engine
 }
 
+/// Gives the start-up code's pages back to the system ([`crate::pages`]), on a blocking
+/// thread; a failure only costs memory, so it is logged and the sidecar goes on.
+async fn release_startup_pages() {
+    match tokio::task::spawn_blocking(crate::pages::release_startup_pages).await {
+        Ok(Ok(released)) => info!(%released, "start-up code pages released"),
+        Ok(Err(e)) => warn!(error = %e, "could not release the start-up code pages"),
+        Err(e) => warn!(error = %e, "the page release task failed"),
+    }
+}
+
 /// Runs one forecast tick: prepare on this task, infer and publish on blocking threads
 /// (publishing encodes and compresses the whole series page: 0.5 s at 10,000 series, which
-/// must not hold a runtime worker).
+/// must not hold a runtime worker). Returns how many series it forecast.
 pub async fn forecast_once(
     engine: &mut Engine,
     origin: i64,
     shared: &Arc<Shared>,
-) -> Result<(), ModelError> {
+) -> Result<usize, ModelError> {
     let started = Instant::now();
     let prepared = engine.prepare(origin);
     let (prepared, outputs) = if prepared.ready_count() == 0 {
@@ -722,13 +741,14 @@ pub async fn forecast_once(
         (prepared, outputs?)
     };
     let report = engine.finish(prepared, &outputs);
+    let forecast = report
+        .series
+        .iter()
+        .filter(|s| s.forecast.is_some())
+        .count();
     debug!(
         origin = report.origin,
-        ready = report
-            .series
-            .iter()
-            .filter(|s| s.forecast.is_some())
-            .count(),
+        ready = forecast,
         horizons = HORIZONS.len(),
         "forecast tick"
     );
@@ -741,7 +761,7 @@ pub async fn forecast_once(
         .tick_duration
         .observe(started.elapsed().as_secs_f64());
     shared.metrics.last_tick.set(now_unix());
-    Ok(())
+    Ok(forecast)
 }
 
 #[cfg(test)]

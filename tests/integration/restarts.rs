@@ -88,7 +88,7 @@ fn start(app: &FakeApp, dir: &Path, selector: &str, env: &[(&str, &str)]) -> Sid
     .arg(dir)
     .args(["--listen", &format!("127.0.0.1:{port}")])
     .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    .stderr(log_file(dir));
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -134,9 +134,19 @@ fn orders_ready(samples: &[crate::support::Scraped]) -> bool {
         .is_some()
 }
 
+/// The log of the sidecars started on `dir` (appended, beside the directory).
+fn log_file(dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.with_extension("log"))
+        .expect("log file")
+}
+
 fn tempdir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flowcast-it-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(dir.with_extension("log"));
     std::fs::create_dir_all(&dir).expect("mkdir");
     dir
 }
@@ -254,4 +264,55 @@ async fn state_survives_restarts_sigterm_and_a_kill_during_the_write() {
 
     feeder.abort();
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(dir.with_extension("log"));
+}
+
+/// Once the model has run, the start-up code's pages leave memory (src/pages.rs), and the
+/// sidecar goes on forecasting with the code it still needs faulted back in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_pages_are_released_after_the_first_forecast_and_ticks_go_on() {
+    let app = FakeApp::start(&exposition(1000.0)).await;
+    let dir = tempdir("pages");
+    let log = dir.with_extension("log");
+    let _ = std::fs::remove_file(&log);
+    seed(&dir);
+    let sidecar = start(&app, &dir, SELECTOR, &[]);
+    let samples = wait_for(&sidecar, Duration::from_secs(15), orders_ready)
+        .await
+        .expect("ready forecasts from the restored history");
+    let tick = |s: &[crate::support::Scraped]| {
+        value(s, "flowcast_last_successful_tick_timestamp_seconds", &[]).unwrap_or(0.0)
+    };
+    let first_tick = tick(&samples);
+    // The release is logged as "N mappings, B MB resident before, A MB after".
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("start-up code pages released"))
+        {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no release logged:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let numbers: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let n = numbers.len();
+    assert!(n >= 3, "{line}");
+    let (mappings, before, after) = (numbers[n - 3], numbers[n - 2], numbers[n - 1]);
+    assert!(mappings >= 1.0, "{line}");
+    assert!(before > 1.0 && after < before / 2.0, "{line}");
+    // Ticks go on after the release, with forecasts.
+    let later = wait_for(&sidecar, Duration::from_secs(15), |s| {
+        orders_ready(s) && tick(s) >= first_tick + 2.0
+    })
+    .await;
+    assert!(later.is_some(), "no forecast tick after the release");
+    drop(sidecar);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&log);
 }
