@@ -7,7 +7,8 @@
 //! `/metrics` (gzip, as Prometheus does), `/api/v1/forecast` and the web page every 5 s,
 //! and prints `VmRSS`, `RssAnon` and `RssFile` from `/proc/PID/status` every 15 s. The
 //! figure reported is the largest `VmRSS` after the first minute. Ends the process it
-//! started, by its handle.
+//! started, by its handle. `--binary` runs another build, e.g. a wrapper script; the bench
+//! flushes that file to disk before starting it (see below).
 
 use std::convert::Infallible;
 use std::process::{Child, Command, Stdio};
@@ -135,6 +136,12 @@ async fn run(seconds: u64, binary: &str) {
     let snapshot = engine.snapshot(config.state_identity(), now_unix() - 30.0);
     flowcast::state::write(&dir, &snapshot).expect("snapshot written");
 
+    // A binary cargo has just written sits in the page cache as dirty pages for up to
+    // half a minute, and dirty pages cannot be paged out: flush it first, so the process
+    // starts from a file as clean as a deployed one (an image layer).
+    std::fs::File::open(binary)
+        .and_then(|f| f.sync_all())
+        .expect("the binary can be flushed");
     let child = Command::new(binary)
         .args(["run", "--target", &target, "--selector", SELECTOR])
         .args(["--by", "route", "--listen", &listen.to_string()])

@@ -148,6 +148,7 @@ pub fn release_startup_pages() -> std::io::Result<Released> {
         for span in &spans {
             sys::release(*span)?;
         }
+        sys::trim_heap();
         let after = std::fs::read_to_string("/proc/self/smaps")?;
         Ok(Released {
             mappings: spans.len(),
@@ -165,6 +166,15 @@ pub fn release_startup_pages() -> std::io::Result<Released> {
 #[allow(unsafe_code)]
 mod sys {
     use super::Span;
+
+    /// Returns the heap's free memory (start-up's temporaries) to the system (glibc).
+    pub(super) fn trim_heap() {
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free chunks of glibc's own heap.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 
     /// `MADV_PAGEOUT` (reclaim the pages only this process maps; Linux 5.4 and later, an
     /// older kernel answers EINVAL and the unmapping alone is done), then `MADV_DONTNEED`.
