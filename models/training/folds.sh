@@ -8,6 +8,7 @@
 #   FOLD_MODELS    directory holding fold0/ and fold1/ models (default OUT_DIR); with
 #                  SKIP_TRAIN=1 this lets an ablation write into a fresh OUT_DIR, e.g.
 #                  SKIP_TRAIN=1 FOLD_MODELS=target/folds models/training/folds.sh target/folds-un2 --band un2
+#   TRAIN_FLAGS    extra train.py flags for the fold models, e.g. "--seed 2"
 #   MC_PASSES      Monte-Carlo passes per forecast (default 30). The backtest CLI rejects a
 #                  repeated --mc-passes, so a --mc-passes in the extra flags replaces this one.
 #
@@ -59,7 +60,7 @@ for k in 0 1; do
     mkdir -p "$dir"
     echo "fold $k: training without ${held[*]}"
     start=$(date +%s)
-    python3 "$root/models/training/train.py" --data-dir "$data" --out-dir "$dir" --exclude "${held[@]}" \
+    python3 "$root/models/training/train.py" --data-dir "$data" --out-dir "$dir" --exclude "${held[@]}" ${TRAIN_FLAGS:-} \
       > "$dir/train.log" 2>&1 || { tail -30 "$dir/train.log"; exit 1; }
     echo "fold $k: trained in $(( $(date +%s) - start ))s; $(tail -1 "$dir/train.log")"
   fi
