@@ -105,4 +105,6 @@ async fn shards_match_a_real_prometheus_hashmod() {
     used.sort_unstable();
     used.dedup();
     assert_eq!(used, ["0", "1", "2", "3"]);
+    drop(prometheus);
+    let _ = std::fs::remove_dir_all(&dir);
 }
