@@ -253,7 +253,10 @@ impl Model {
         let probe =
             crate::features::model_input(&[Some(1.0); WINDOW_STEPS], 0, ZERO_SCALE_FALLBACK)
                 .map_err(|e| ModelError::Run(format!("probe window not ready: {e:?}")))?;
-        this.predict(std::slice::from_ref(&probe), &[0], 2)?;
+        // Two series, so the probe runs (and checks) the symbolic plan every tick of several
+        // series uses, and start-up does not build a one-series plan for a row count no
+        // tick has.
+        this.predict(&[&probe, &probe], &[0, 1], 2)?;
         Ok(this)
     }
 
