@@ -10,36 +10,20 @@
 //! started, by its handle. `--binary` runs another build, e.g. a wrapper script; the bench
 //! flushes that file to disk before starting it (see below).
 
-use std::convert::Infallible;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use flowcast::config::FileConfig;
-use flowcast::history::SeriesLimits;
-use flowcast::model::Model;
-use flowcast::pipeline::{now_unix, Engine, EngineSettings};
-use http_body_util::Full;
-use hyper::Response;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+
+// The integration tests' fake app, seeded snapshot and child guard; this bench uses part.
+#[allow(dead_code)]
+#[path = "../tests/integration/support/mod.rs"]
+mod support;
 
 const SELECTOR: &str = "http_requests_total";
 const ROUTE: &str = "/orders";
 /// Requests per second the live counter grows by.
 const RATE: f64 = 20.0;
-
-/// Ends the child on every path out of the bench.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,28 +44,9 @@ fn main() {
     rt.block_on(run(seconds, &binary));
 }
 
-/// Serves `http_requests_total{route="/orders"}` growing at `RATE` per second.
-async fn serve_counter(listener: TcpListener) {
-    let started = Instant::now();
-    let served = Arc::new(AtomicU64::new(0));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            return;
-        };
-        let served = Arc::clone(&served);
-        let service = hyper::service::service_fn(move |_req| {
-            served.fetch_add(1, Ordering::Relaxed);
-            let value = 1e6 + RATE * started.elapsed().as_secs_f64();
-            let text = format!(
-                "# TYPE {SELECTOR} counter\n{SELECTOR}{{route=\"{ROUTE}\",code=\"200\"}} {value}\n"
-            );
-            async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text)))) }
-        });
-        tokio::spawn(
-            hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service),
-        );
-    }
+/// The exposition of the one series' counter at `value`.
+fn exposition(value: f64) -> String {
+    format!("# TYPE {SELECTOR} counter\n{SELECTOR}{{route=\"{ROUTE}\",code=\"200\"}} {value}\n")
 }
 
 /// `VmRSS`, `RssAnon` and `RssFile` of `pid` in kB.
@@ -97,12 +62,18 @@ fn rss_kb(pid: u32) -> Option<[u64; 3]> {
 }
 
 async fn run(seconds: u64, binary: &str) {
-    let app = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let target = format!("http://{}/metrics", app.local_addr().expect("addr"));
-    tokio::spawn(serve_counter(app));
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    // The counter grows by RATE per second while the sidecar scrapes it.
+    let app = support::FakeApp::start(&exposition(1e6)).await;
+    let target = app.url();
+    let feeder = app.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            feeder.set(exposition(1e6 + RATE * started.elapsed().as_secs_f64()));
+        }
+    });
+    let listen = format!("127.0.0.1:{}", support::free_port());
     let dir = std::env::temp_dir().join(format!("flowcast-bench-rss-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("state dir");
 
@@ -115,26 +86,7 @@ async fn run(seconds: u64, binary: &str) {
     }
     .validate()
     .expect("config");
-    let mut engine = Engine::new(
-        Arc::new(Model::embedded().expect("model")),
-        EngineSettings {
-            mc_passes: 30,
-            seed: 0,
-            band: config.band,
-            limits: SeriesLimits {
-                max_series: 10,
-                max_children: 10,
-                max_gap_seconds: 120.0,
-                shard: None,
-            },
-        },
-    );
-    let now_minute = (now_unix() / 60.0).floor() as i64;
-    for m in now_minute - 240..now_minute {
-        engine.record_rate(&[ROUTE.to_string()], m, RATE + (m % 30) as f64 / 6.0);
-    }
-    let snapshot = engine.snapshot(config.state_identity(), now_unix() - 30.0);
-    flowcast::state::write(&dir, &snapshot).expect("snapshot written");
+    support::seed_snapshot(&dir, &config, &[ROUTE.to_string()]);
 
     // A binary cargo has just written sits in the page cache as dirty pages for up to
     // half a minute, and dirty pages cannot be paged out: flush it first, so the process
@@ -144,7 +96,7 @@ async fn run(seconds: u64, binary: &str) {
         .expect("the binary can be flushed");
     let child = Command::new(binary)
         .args(["run", "--target", &target, "--selector", SELECTOR])
-        .args(["--by", "route", "--listen", &listen.to_string()])
+        .args(["--by", "route", "--listen", &listen])
         .args(["--scrape-interval", "15s", "--forecast-interval", "15s"])
         .arg("--state-dir")
         .arg(&dir)
@@ -152,7 +104,7 @@ async fn run(seconds: u64, binary: &str) {
         .stderr(Stdio::null())
         .spawn()
         .expect("flowcast starts");
-    let child = Guard(child);
+    let child = support::ChildGuard(child);
     let pid = child.0.id();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
