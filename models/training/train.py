@@ -321,28 +321,44 @@ class McForecaster(nn.Module):
     mask [ones(HIDDEN), mask[b]]: dropout after encoder layer 1 is a training regulariser
     only. About 93 % of the network's FLOPs are in the encoder, so 100 passes cost little
     more than one (issue #7; the quality effect is measured in models/README.md).
+
+    The decoder runs time-major ([step, row, unit], the layout of ONNX LSTM outputs) on
+    time-major copies of dec1 and dec2 (same parameters), and each dropout mask is repeated
+    over the 3 steps to the exact shape of what it multiplies. A [B, 1, H] mask broadcast
+    over [B, 3, H] fell to tract's generic element-by-element path, 14 % of a 1 × 100 tick;
+    equal shapes take its vectorised path, and the transposes around decoder layer 2 go.
+    The same arithmetic: outputs are bit-identical to the batch-first formulation.
     """
 
     def __init__(self, net):
         super().__init__()
         self.net = net
+        self.dec1 = time_major(net.dec1)
+        self.dec2 = time_major(net.dec2)
 
     def forward(self, x, xf, mask, rows):
         n = self.net
-        m2 = mask[:, 0:HIDDEN].unsqueeze(1)
-        m3 = mask[:, HIDDEN:2 * HIDDEN].unsqueeze(1)
+        m2 = torch.cat([mask[:, 0:HIDDEN].unsqueeze(0)] * HORIZON, 0)               # [3, B, H]
+        m3 = torch.cat([mask[:, HIDDEN:2 * HIDDEN].unsqueeze(0)] * HORIZON, 0)      # [3, B, H]
         e1, (h1, c1) = n.enc1(x)
         _, (h2, c2) = n.enc2(e1)
-        d1, _ = n.dec1(xf, (h1, c1))
-        d1r = torch.index_select(d1, 0, rows)
+        d1, _ = self.dec1(xf.transpose(0, 1), (h1, c1))     # [3, S, H]
+        d1r = torch.index_select(d1, 1, rows)                 # [3, B, H]
         h2r = torch.index_select(h2, 1, rows)
         c2r = torch.index_select(c2, 1, rows)
-        d2, _ = n.dec2(d1r * m2, (h2r, c2r))
-        out = n.head(d2 * m3)                       # [B, 3, 2]
-        last = torch.index_select(x[:, WINDOW - 1, 0], 0, rows).unsqueeze(1)
-        mean = last + out[:, :, 0]
-        logvar = torch.clamp(out[:, :, 1], LOGVAR_MIN, LOGVAR_MAX)
+        d2, _ = self.dec2(d1r * m2, (h2r, c2r))               # [3, B, H]
+        out = n.head(d2 * m3)                                 # [3, B, 2]
+        last = torch.index_select(x[:, WINDOW - 1, 0], 0, rows).unsqueeze(0)   # [1, B]
+        mean = (last + out[:, :, 0]).t()
+        logvar = torch.clamp(out[:, :, 1], LOGVAR_MIN, LOGVAR_MAX).t()
         return mean, logvar
+
+
+def time_major(lstm):
+    """A copy of a batch-first nn.LSTM that takes [step, batch, feature] inputs."""
+    tm = copy.deepcopy(lstm)    # a copy, not a new nn.LSTM: no draw from torch's RNG
+    tm.batch_first = False
+    return tm
 
 
 def draw_masks(n, gen, width=MASK_WIDTH):
