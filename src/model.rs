@@ -151,14 +151,11 @@ pub struct PassOutputs {
 /// A loaded, checked and optimised model.
 #[derive(Debug)]
 pub struct Model {
-    plan: Arc<TypedRunnableModel>,
-    /// The typed model before optimisation, to bind its batch axes for [`Self::single`].
+    /// The typed model before optimisation; every call runs a copy bound to its shape.
     typed: TypedModel,
-    /// A plan bound to one series (`S` = 1) and a fixed number of pass rows (`B`), with
-    /// that row count: the common tick of a sidecar next to one replica. Built on the
-    /// first such call (20-30 ms) and rebuilt only if the row count changes. A fixed-shape
-    /// plan runs a 1 × 100 tick about 28 % faster than the symbolic one (BENCHMARKS.md).
-    single: std::sync::Mutex<Option<(usize, Arc<TypedRunnableModel>)>>,
+    /// Plans bound to a call's shape (series `S`, pass rows `B`), least recently used
+    /// first (see [`Self::plan`]).
+    bound: std::sync::Mutex<Vec<BoundPlan>>,
     card: ModelCard,
     mask_width: usize,
     keep: f64,
@@ -199,6 +196,18 @@ fn check_weights(model: &TypedModel) -> Result<(), ModelError> {
 /// the decoder's last layer and the head, so this can be large.
 const MAX_ROWS: usize = 1024;
 
+/// How many shapes keep a bound plan. A tick has at most two (full chunks of
+/// [`MAX_ROWS`] and the rest), a two-thread backtest up to four.
+const BOUND_PLANS: usize = 4;
+
+/// A plan optimised for one shape: `series` series and `rows` pass rows.
+#[derive(Debug)]
+struct BoundPlan {
+    series: usize,
+    rows: usize,
+    plan: Arc<TypedRunnableModel>,
+}
+
 impl Model {
     /// Loads the model embedded in the binary.
     pub fn embedded() -> Result<Self, ModelError> {
@@ -231,19 +240,13 @@ impl Model {
             .map_err(|e| ModelError::Load(format!("{e:#}")))?;
         check_io(&model, &card)?;
         check_weights(&model)?;
-        let plan = model
-            .clone()
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| ModelError::Load(format!("{e:#}")))?;
         let keep = 1.0 - card.dropout.rate;
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(onnx);
         hasher.update(card_json.as_bytes());
         let this = Self {
-            plan,
             typed: model,
-            single: std::sync::Mutex::new(None),
+            bound: std::sync::Mutex::new(Vec::with_capacity(BOUND_PLANS)),
             mask_width: card.dropout.mask_width,
             keep,
             card,
@@ -253,10 +256,12 @@ impl Model {
         let probe =
             crate::features::model_input(&[Some(1.0); WINDOW_STEPS], 0, ZERO_SCALE_FALLBACK)
                 .map_err(|e| ModelError::Run(format!("probe window not ready: {e:?}")))?;
-        // Two series, so the probe runs (and checks) the symbolic plan every tick of several
-        // series uses, and start-up does not build a one-series plan for a row count no
-        // tick has.
-        this.predict(&[&probe, &probe], &[0, 1], 2)?;
+        // Two series, so the batched gathers run too. It also checks that the model can be
+        // bound to a shape and optimised; its plan (2 series, 6 rows) is for a shape no tick
+        // has, so it is dropped.
+        this.predict(&[&probe, &probe], &[0, 1], 2)
+            .map_err(|e| ModelError::Load(format!("probe run: {e}")))?;
+        this.bound_plans().clear();
         Ok(this)
     }
 
@@ -328,12 +333,8 @@ impl Model {
         let mask = tensor(&[batch, self.mask_width], mask)?;
         let rows =
             Tensor::from_shape(&[batch], rows).map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        let plan = if series == 1 {
-            self.single(batch)?
-        } else {
-            Arc::clone(&self.plan)
-        };
-        let result = plan
+        let result = self
+            .plan(series, batch)?
             .run(tvec!(x.into(), xf.into(), mask.into(), rows.into()))
             .map_err(|e| ModelError::Run(format!("{e:#}")))?;
         let take = |i: usize| -> Result<Vec<f32>, ModelError> {
@@ -354,28 +355,50 @@ impl Model {
         Ok((take(0)?, take(1)?))
     }
 
-    /// The plan for one series and `batch` pass rows (see [`Self::single`]).
-    fn single(&self, batch: usize) -> Result<Arc<TypedRunnableModel>, ModelError> {
-        // A poisoned lock only means another thread panicked while building: build again.
-        let mut cached = self
-            .single
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((rows, plan)) = cached.as_ref() {
-            if *rows == batch {
-                return Ok(Arc::clone(plan));
-            }
+    /// The plan for `series` series and `rows` pass rows: bound to that shape and optimised
+    /// on first use (20-30 ms), then kept while it is among the [`BOUND_PLANS`] most
+    /// recently used shapes. On the symbolic plan, tract cannot prove the sizes its fast
+    /// element-wise kernels need, so it falls back to a generic loop inside every LSTM
+    /// step; a bound plan runs a tick 25-40 % faster, with bit-identical outputs
+    /// (BENCHMARKS.md, `model::tests`).
+    fn plan(&self, series: usize, rows: usize) -> Result<Arc<TypedRunnableModel>, ModelError> {
+        let mut bound = self.bound_plans();
+        if let Some(i) = bound
+            .iter()
+            .position(|b| b.series == series && b.rows == rows)
+        {
+            let hit = bound.remove(i);
+            let plan = Arc::clone(&hit.plan);
+            bound.push(hit);
+            return Ok(plan);
         }
-        let bound = |name: &str, n: usize| (self.typed.sym(name), TDim::Val(n as i64));
-        let subs = std::collections::HashMap::from([bound("S", 1), bound("B", batch)]);
+        let sym = |name: &str, n: usize| (self.typed.sym(name), TDim::Val(n as i64));
+        let subs = std::collections::HashMap::from([sym("S", series), sym("B", rows)]);
         let plan = self
             .typed
             .set_symbols(&subs)
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
-            .map_err(|e| ModelError::Run(format!("binding the plan to 1 × {batch}: {e:#}")))?;
-        *cached = Some((batch, Arc::clone(&plan)));
+            .map_err(|e| {
+                ModelError::Run(format!("binding the plan to {series} × {rows}: {e:#}"))
+            })?;
+        if bound.len() == BOUND_PLANS {
+            bound.remove(0);
+        }
+        bound.push(BoundPlan {
+            series,
+            rows,
+            plan: Arc::clone(&plan),
+        });
         Ok(plan)
+    }
+
+    /// The bound plans; a poisoned lock only means another thread panicked while
+    /// building one, and the list is valid either way.
+    fn bound_plans(&self) -> std::sync::MutexGuard<'_, Vec<BoundPlan>> {
+        self.bound
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn run_rows<I: std::borrow::Borrow<ModelInput>>(
@@ -770,6 +793,94 @@ mod tests {
         );
     }
 
+    /// Runs `model`'s graph on a plan left symbolic in `S` and `B`, as [`Model::run_raw`].
+    fn run_symbolic(
+        model: &Model,
+        x: &[f32],
+        xf: &[f32],
+        series: usize,
+        mask: &[f32],
+        rows: &[i64],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let plan = model
+            .typed
+            .clone()
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .expect("optimises");
+        let t = |shape: &[usize], v: &[f32]| Tensor::from_shape(shape, v).expect("shape");
+        let out = plan
+            .run(tvec!(
+                t(&[series, WINDOW_STEPS, ENCODER_FEATURES], x).into(),
+                t(&[series, HORIZON_STEPS, DECODER_FEATURES], xf).into(),
+                t(&[rows.len(), model.mask_width], mask).into(),
+                Tensor::from_shape(&[rows.len()], rows)
+                    .expect("shape")
+                    .into()
+            ))
+            .expect("runs");
+        let v = |i: usize| -> Vec<f32> {
+            out[i]
+                .to_plain_array_view::<f32>()
+                .expect("f32")
+                .iter()
+                .copied()
+                .collect()
+        };
+        (v(0), v(1))
+    }
+
+    #[test]
+    fn bound_plans_match_the_symbolic_plan_and_only_the_recent_ones_are_kept() {
+        let model = Model::embedded().expect("loads");
+        assert!(
+            model.bound_plans().is_empty(),
+            "the probe's plan is dropped"
+        );
+        let golden: Golden =
+            serde_json::from_str(include_str!("../models/golden.json")).expect("golden parses");
+        let cases = &golden.model_cases;
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut keep = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if state % 5 == 0 {
+                0.0
+            } else {
+                1.25
+            }
+        };
+        // Five shapes, the first again at the end: (1, 31) is evicted by the fifth and
+        // bound again.
+        for (series, passes) in [(1, 30), (3, 10), (2, 30), (1, 10), (3, 30), (1, 30)] {
+            let (mut x, mut xf, mut mask, mut rows) = (vec![], vec![], vec![], vec![]);
+            for i in 0..series {
+                x.extend(flattened(&cases[i % cases.len()].x));
+                xf.extend(flattened(&cases[i % cases.len()].xf));
+                for _ in 0..=passes {
+                    rows.push(i as i64);
+                    mask.extend((0..model.mask_width).map(|_| keep()));
+                }
+            }
+            let bound = model.run_raw(&x, &xf, series, &mask, &rows).expect("runs");
+            let symbolic = run_symbolic(&model, &x, &xf, series, &mask, &rows);
+            assert_eq!(bound, symbolic, "{series} series × {passes} passes");
+            assert!(bound.0.iter().all(|v| v.is_finite()));
+            assert!(model.bound_plans().len() <= BOUND_PLANS);
+        }
+        let kept: Vec<(usize, usize)> = model
+            .bound_plans()
+            .iter()
+            .map(|b| (b.series, b.rows))
+            .collect();
+        assert_eq!(
+            kept,
+            [(2, 62), (1, 11), (3, 93), (1, 31)],
+            "least recent first"
+        );
+    }
+
     #[test]
     fn monte_carlo_passes_are_seeded_and_spread() {
         let model = Model::embedded().expect("loads");
@@ -793,8 +904,8 @@ mod tests {
             two[1], a[0],
             "batch neighbours do not change a series' masks"
         );
-        // One series runs on a plan bound to its row count; another pass count rebinds it,
-        // and every binding agrees with the symbolic plan a batch of two runs on.
+        // Another pass count runs on another bound plan, and a batch of two on a third; a
+        // series' result depends on neither.
         let ten = model
             .predict(std::slice::from_ref(&input), &[7], 10)
             .expect("runs");
