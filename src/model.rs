@@ -148,7 +148,7 @@ pub struct PassOutputs {
     pub u2_sq: [f64; HORIZON_STEPS],
 }
 
-/// A loaded, checked and optimised model.
+/// A loaded and checked model; it is optimised per call shape ([`Model::plan`]).
 #[derive(Debug)]
 pub struct Model {
     /// The typed model before optimisation; every call runs a copy bound to its shape.
@@ -319,22 +319,35 @@ impl Model {
         mask: &[f32],
         rows: &[i64],
     ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
-        let tensor = |shape: &[usize], data: &[f32]| {
-            Tensor::from_shape(shape, data).map_err(|e| ModelError::Run(format!("{e:#}")))
-        };
         if let Some(bad) = rows.iter().find(|r| !(0..series as i64).contains(r)) {
             return Err(ModelError::Run(format!(
                 "row names series {bad} of {series}"
             )));
         }
+        let plan = self.plan(series, rows.len())?;
+        self.run_on(&plan, x, xf, series, mask, rows)
+    }
+
+    /// [`Self::run_raw`] on a given plan, with the rows already checked.
+    fn run_on(
+        &self,
+        plan: &Arc<TypedRunnableModel>,
+        x: &[f32],
+        xf: &[f32],
+        series: usize,
+        mask: &[f32],
+        rows: &[i64],
+    ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+        let tensor = |shape: &[usize], data: &[f32]| {
+            Tensor::from_shape(shape, data).map_err(|e| ModelError::Run(format!("{e:#}")))
+        };
         let batch = rows.len();
         let x = tensor(&[series, WINDOW_STEPS, ENCODER_FEATURES], x)?;
         let xf = tensor(&[series, HORIZON_STEPS, DECODER_FEATURES], xf)?;
         let mask = tensor(&[batch, self.mask_width], mask)?;
         let rows =
             Tensor::from_shape(&[batch], rows).map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        let result = self
-            .plan(series, batch)?
+        let result = plan
             .run(tvec!(x.into(), xf.into(), mask.into(), rows.into()))
             .map_err(|e| ModelError::Run(format!("{e:#}")))?;
         let take = |i: usize| -> Result<Vec<f32>, ModelError> {
@@ -793,43 +806,6 @@ mod tests {
         );
     }
 
-    /// Runs `model`'s graph on a plan left symbolic in `S` and `B`, as [`Model::run_raw`].
-    fn run_symbolic(
-        model: &Model,
-        x: &[f32],
-        xf: &[f32],
-        series: usize,
-        mask: &[f32],
-        rows: &[i64],
-    ) -> (Vec<f32>, Vec<f32>) {
-        let plan = model
-            .typed
-            .clone()
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .expect("optimises");
-        let t = |shape: &[usize], v: &[f32]| Tensor::from_shape(shape, v).expect("shape");
-        let out = plan
-            .run(tvec!(
-                t(&[series, WINDOW_STEPS, ENCODER_FEATURES], x).into(),
-                t(&[series, HORIZON_STEPS, DECODER_FEATURES], xf).into(),
-                t(&[rows.len(), model.mask_width], mask).into(),
-                Tensor::from_shape(&[rows.len()], rows)
-                    .expect("shape")
-                    .into()
-            ))
-            .expect("runs");
-        let v = |i: usize| -> Vec<f32> {
-            out[i]
-                .to_plain_array_view::<f32>()
-                .expect("f32")
-                .iter()
-                .copied()
-                .collect()
-        };
-        (v(0), v(1))
-    }
-
     #[test]
     fn bound_plans_match_the_symbolic_plan_and_only_the_recent_ones_are_kept() {
         let model = Model::embedded().expect("loads");
@@ -840,6 +816,12 @@ mod tests {
         let golden: Golden =
             serde_json::from_str(include_str!("../models/golden.json")).expect("golden parses");
         let cases = &golden.model_cases;
+        let symbolic_plan = model
+            .typed
+            .clone()
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .expect("optimises");
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         let mut keep = || {
             state ^= state << 13;
@@ -864,7 +846,9 @@ mod tests {
                 }
             }
             let bound = model.run_raw(&x, &xf, series, &mask, &rows).expect("runs");
-            let symbolic = run_symbolic(&model, &x, &xf, series, &mask, &rows);
+            let symbolic = model
+                .run_on(&symbolic_plan, &x, &xf, series, &mask, &rows)
+                .expect("runs");
             assert_eq!(bound, symbolic, "{series} series × {passes} passes");
             assert!(bound.0.iter().all(|v| v.is_finite()));
             assert!(model.bound_plans().len() <= BOUND_PLANS);
