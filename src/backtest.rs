@@ -13,10 +13,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::band::BandMode;
+use crate::band::PassOutputs;
 use crate::features::ModelInput;
 use crate::features::HORIZON_STEPS;
 use crate::history::{SeriesLimits, MINUTE_SECONDS, STEP_SECONDS};
-use crate::model::{Model, ModelError, PassOutputs};
+use crate::model::{Model, ModelError};
 use crate::pipeline::{Engine, EngineSettings, Prepared, TickReport};
 
 /// Horizons of the forecast file, in seconds.

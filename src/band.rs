@@ -10,7 +10,6 @@
 
 use crate::features::{self, HORIZON_STEPS};
 use crate::history::STEP_SECONDS;
-use crate::model::{CalibrationPrior, PassOutputs};
 
 /// Nominal two-sided miss rate of the band (a 95 % band).
 pub const ALPHA: f64 = 0.05;
@@ -35,6 +34,30 @@ const K_RANGE: (f64, f64) = (0.25, 8.0);
 const ROLLING_WEIGHT: f64 = 1.0 / 288.0;
 /// How many past forecast origins are kept for scoring: 15 minutes of 1-minute ticks.
 const PENDING: usize = 16;
+
+/// The model card's calibration prior, per horizon: where every series' calibration
+/// starts (the card is read in [`crate::model`]; the band is what uses it).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct CalibrationPrior {
+    /// u3² (z-space) by horizon and UTC hour of the target window.
+    pub u3_sq_by_hour: Vec<Vec<f64>>,
+    /// Multiplier of σ for the upper bound, by horizon.
+    pub k_upper: Vec<f64>,
+    /// Multiplier of σ for the lower bound, by horizon.
+    pub k_lower: Vec<f64>,
+}
+
+/// Raw outputs of all Monte-Carlo passes for one series, in z-space: what the model hands
+/// the band.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassOutputs {
+    /// Mean of the deterministic (all-ones mask) pass, per horizon.
+    pub mean: [f64; HORIZON_STEPS],
+    /// Epistemic variance u1²: variance of the Monte-Carlo means, per horizon.
+    pub u1_sq: [f64; HORIZON_STEPS],
+    /// Heteroscedastic variance u2²: mean predicted variance over the passes, per horizon.
+    pub u2_sq: [f64; HORIZON_STEPS],
+}
 
 /// Which uncertainty terms make up the band: the study's ablation (METHOD.md §4–5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

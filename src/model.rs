@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use tract_onnx::prelude::*;
 
+use crate::band::{CalibrationPrior, PassOutputs};
 use crate::features::{
     ModelInput, DECODER_FEATURES, ENCODER_FEATURES, HORIZON_STEPS, MIN_PRESENT_STEPS, RECENT_STEPS,
     WINDOW_STEPS, ZERO_SCALE_FALLBACK,
@@ -124,28 +125,6 @@ pub struct Dropout {
     pub rate: f64,
     /// Width of the `mask` input (the masks of the decoder's Monte-Carlo passes).
     pub mask_width: usize,
-}
-
-/// Card: calibration prior, per horizon.
-#[derive(Debug, Clone, Deserialize)]
-pub struct CalibrationPrior {
-    /// u3² (z-space) by horizon and UTC hour of the target window.
-    pub u3_sq_by_hour: Vec<Vec<f64>>,
-    /// Multiplier of σ for the upper bound, by horizon.
-    pub k_upper: Vec<f64>,
-    /// Multiplier of σ for the lower bound, by horizon.
-    pub k_lower: Vec<f64>,
-}
-
-/// Raw outputs of all passes for one series, in z-space.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PassOutputs {
-    /// Mean of the deterministic (all-ones mask) pass, per horizon.
-    pub mean: [f64; HORIZON_STEPS],
-    /// Epistemic variance u1²: variance of the Monte-Carlo means, per horizon.
-    pub u1_sq: [f64; HORIZON_STEPS],
-    /// Heteroscedastic variance u2²: mean predicted variance over the passes, per horizon.
-    pub u2_sq: [f64; HORIZON_STEPS],
 }
 
 /// A loaded and checked model; it is optimised per call shape ([`Model::plan`]).

@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, Breaker};
+use crate::band::PassOutputs;
 use crate::band::{BandMode, Calibrator, Forecast, Judgement};
 use crate::config::Capacity;
 use crate::features::{self, NotReady, HORIZON_STEPS, WINDOW_STEPS};
 use crate::history::{MinuteRing, SeriesLimits, SeriesSet, MINUTE_SECONDS, STEP_SECONDS};
 use crate::metrics::{Metrics, SeriesStatus, HORIZONS};
-use crate::model::{Model, ModelError, PassOutputs};
+use crate::model::{Model, ModelError};
 use crate::source::{LiveSource, SourceError};
 use crate::state;
 
