@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::band::BandMode;
-use crate::exposition::Selector;
 use crate::metrics::RESERVED_LABELS;
 use crate::scrape::HttpAuth;
+use crate::selector::Selector;
 use crate::shard::Shard;
 
 /// The configuration file (`--config flowcast.yaml`), and the same keys as `run` flags

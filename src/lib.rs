@@ -31,6 +31,7 @@ pub mod pages;
 pub mod pipeline;
 pub mod promapi;
 pub mod scrape;
+pub mod selector;
 pub mod server;
 pub mod shard;
 pub mod sidecar;

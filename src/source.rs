@@ -13,11 +13,12 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use crate::exposition::{self, Selector};
+use crate::exposition;
 use crate::history::{MINUTE_SECONDS, RING_MINUTES};
 use crate::pipeline::{now_unix, Engine, Shared};
 use crate::promapi::{Points, PromClient, PromError};
 use crate::scrape::{ScrapeError, Scraper};
+use crate::selector::Selector;
 
 /// Seconds a Prometheus source stays behind the clock, so that the last scrape before a
 /// minute boundary has been ingested when that minute's rate is queried.

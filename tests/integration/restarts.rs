@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flowcast::band::BandMode;
-use flowcast::exposition::Selector;
+use flowcast::selector::Selector;
 
 use flowcast::model::Model;
 use flowcast::state;
