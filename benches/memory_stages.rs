@@ -8,10 +8,11 @@
 
 use std::sync::Arc;
 
+use flowcast::engine::{Engine, EngineSettings};
 use flowcast::history::{MINUTE_SECONDS, RING_MINUTES};
 use flowcast::metrics::{ExpositionFormat, Metrics};
 use flowcast::model::Model;
-use flowcast::pipeline::{Engine, EngineSettings, Shared};
+use flowcast::shared::Shared;
 
 fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")

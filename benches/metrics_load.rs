@@ -13,9 +13,9 @@ use std::io::Read as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flowcast::clock::system_now;
 use flowcast::config::FileConfig;
 use flowcast::model::Model;
-use flowcast::pipeline::now_unix;
 use flowcast::sidecar::Sidecar;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +93,7 @@ async fn run(rps: u64, seconds: u64, series: usize, load: Load) {
     .expect("config");
     let mut sidecar =
         Sidecar::new(&config, Arc::new(Model::embedded().expect("model"))).expect("sidecar");
-    let now = (now_unix() / 60.0).floor() as i64;
+    let now = (system_now() / 60.0).floor() as i64;
     for i in 0..series {
         let key = vec![format!("/route/{i}")];
         for m in now - 240..now {

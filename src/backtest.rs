@@ -14,11 +14,12 @@ use std::sync::Arc;
 
 use crate::band::BandMode;
 use crate::band::PassOutputs;
+use crate::engine::{Engine, EngineSettings, Prepared};
 use crate::features::ModelInput;
 use crate::features::HORIZON_STEPS;
 use crate::history::{SeriesLimits, MINUTE_SECONDS, STEP_SECONDS};
 use crate::model::{Model, ModelError};
-use crate::pipeline::{Engine, EngineSettings, Prepared, TickReport};
+use crate::shared::TickReport;
 
 /// Horizons of the forecast file, in seconds.
 pub const HORIZON_SECONDS: [i64; HORIZON_STEPS] = [300, 600, 900];

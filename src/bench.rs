@@ -10,10 +10,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::band::BandMode;
+use crate::engine::{Engine, EngineSettings};
 use crate::history::{SeriesLimits, MINUTE_SECONDS, RING_MINUTES};
 use crate::metrics::Metrics;
 use crate::model::{Model, ModelError};
-use crate::pipeline::{Engine, EngineSettings, Shared};
+use crate::shared::Shared;
 
 /// What a bench run measured.
 #[derive(Debug, Clone, Serialize)]

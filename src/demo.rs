@@ -19,9 +19,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::system_now;
 use crate::config::{Config, FileConfig};
 use crate::history::MINUTE_SECONDS;
-use crate::pipeline::now_unix;
 use crate::sidecar::{self, Sidecar};
 
 /// Routes of the synthetic app and their base rates (req/s).
@@ -95,7 +95,7 @@ pub async fn serve_app(listener: TcpListener, from: i64, shutdown: CancellationT
             },
         };
         let service = hyper::service::service_fn(move |_req| async move {
-            let mut r = Response::new(Full::new(Bytes::from(exposition(from, now_unix()))));
+            let mut r = Response::new(Full::new(Bytes::from(exposition(from, system_now()))));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -145,7 +145,7 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Res
     })?;
     let listen = listener.local_addr()?;
     let config = config(app_addr, listen)?;
-    let now = now_unix();
+    let now = system_now();
     let from = (now / 60.0).floor() as i64 - SEED_MINUTES;
     let model = Arc::new(sidecar::load_model(&config.model)?);
     let mut sidecar = Sidecar::new(&config, model)?;

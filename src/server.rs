@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::metrics::{Exposition, ExpositionFormat, HORIZONS};
-use crate::pipeline::{Shared, TickReport};
+use crate::shared::{Shared, TickReport};
 
 /// Limits of the server.
 #[derive(Debug, Clone, Copy)]

@@ -11,14 +11,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::clock::UnixClock;
 use crate::config::{Config, ModelSource, Source};
+use crate::engine::{Engine, EngineSettings};
 use crate::history::SeriesLimits;
+use crate::live::{self, LoopSettings, StateSettings};
 use crate::metrics::{Metrics, MetricsError};
 use crate::model::{Model, ModelError};
-use crate::pipeline::{self, Engine, EngineSettings, LoopSettings, Shared, StateSettings};
 use crate::promapi::{PromClient, PromError};
 use crate::scrape::{HttpAuth, ScrapeError, Scraper};
 use crate::server::{self, ServerLimits};
+use crate::shared::Shared;
 use crate::source::{self, LiveSource, PromSource, ScrapeSource};
 use crate::state::{self, StateError};
 
@@ -125,8 +128,9 @@ impl Sidecar {
             interval: config.snapshot_interval,
             identity: config.state_identity(),
         });
+        let clock = UnixClock::System;
         if let Some(settings) = &state {
-            restore(&mut engine, settings, config.by.len(), &shared);
+            restore(&mut engine, settings, config.by.len(), &shared, clock.now());
         }
         Ok(Self {
             engine,
@@ -137,6 +141,7 @@ impl Sidecar {
                 scrape_interval: config.scrape_interval,
                 forecast_interval: config.forecast_interval,
                 state,
+                clock,
             },
             shutdown_grace: config.shutdown_grace,
         })
@@ -164,7 +169,8 @@ impl Sidecar {
         let mut engine = self.engine;
         if let Some((client, query)) = &self.backfill {
             let started = std::time::Instant::now();
-            let fill = source::backfill(&mut engine, client, query, &shared);
+            let now = self.loop_settings.clock.now();
+            let fill = source::backfill(&mut engine, client, query, &shared, now);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {}
@@ -180,7 +186,8 @@ impl Sidecar {
                 }
             }
         }
-        let pipeline = pipeline::run(
+        let clock = self.loop_settings.clock;
+        let pipeline = live::run(
             engine,
             self.source,
             self.loop_settings,
@@ -204,7 +211,7 @@ impl Sidecar {
         };
         match (&state, &engine) {
             (Some(settings), Some(engine)) => {
-                let save = pipeline::save_state(engine, settings, &shared);
+                let save = live::save_state(engine, settings, &shared, &clock);
                 match tokio::time::timeout_at(deadline, save).await {
                     Ok(true) => info!(dir = %settings.dir.display(), "state saved"),
                     Ok(false) => {}
@@ -223,7 +230,13 @@ impl Sidecar {
 
 /// Restores the snapshot in `settings.dir` into an empty engine; any problem is logged and
 /// counted and the sidecar starts empty (SPEC.md: never fatal).
-fn restore(engine: &mut Engine, settings: &StateSettings, key_len: usize, shared: &Shared) {
+fn restore(
+    engine: &mut Engine,
+    settings: &StateSettings,
+    key_len: usize,
+    shared: &Shared,
+    now: f64,
+) {
     if let Err(e) = std::fs::create_dir_all(&settings.dir) {
         shared
             .metrics
@@ -253,7 +266,7 @@ fn restore(engine: &mut Engine, settings: &StateSettings, key_len: usize, shared
             return;
         }
     };
-    let age = pipeline::now_unix() - snapshot.saved_at;
+    let age = now - snapshot.saved_at;
     match engine.restore(snapshot, key_len) {
         Ok(n) => {
             shared.metrics.restored_series.set(n as i64);

@@ -1,4 +1,4 @@
-//! The live sources of request rates, polled by the loop in [`crate::pipeline::run`]:
+//! The live sources of request rates, polled by the loop in [`crate::live::run`]:
 //! scraping the app's metrics endpoint, or querying a Prometheus API (the service
 //! forecaster); and the backfill of recent history from Prometheus on start.
 //!
@@ -13,12 +13,14 @@ use std::time::Instant;
 
 use tracing::debug;
 
+use crate::clock::UnixClock;
+use crate::engine::Engine;
 use crate::exposition;
 use crate::history::{MINUTE_SECONDS, RING_MINUTES};
-use crate::pipeline::{now_unix, Engine, Shared};
 use crate::promapi::{Points, PromClient, PromError};
 use crate::scrape::{ScrapeError, Scraper};
 use crate::selector::Selector;
+use crate::shared::Shared;
 
 /// Seconds a Prometheus source stays behind the clock, so that the last scrape before a
 /// minute boundary has been ingested when that minute's rate is queried.
@@ -58,12 +60,23 @@ pub enum LiveSource {
 
 impl LiveSource {
     /// Polls once and records what arrived; failures are counted here.
-    pub async fn poll(&mut self, engine: &mut Engine, shared: &Shared) -> Result<(), SourceError> {
+    pub async fn poll(
+        &mut self,
+        engine: &mut Engine,
+        shared: &Shared,
+        clock: &UnixClock,
+    ) -> Result<(), SourceError> {
         let started = Instant::now();
         shared.metrics.scrapes.inc();
         let result = match self {
-            LiveSource::Scrape(s) => s.poll(engine, shared).await.map_err(SourceError::from),
-            LiveSource::Prometheus(p) => p.poll(engine, shared).await.map_err(SourceError::from),
+            LiveSource::Scrape(s) => s
+                .poll(engine, shared, clock)
+                .await
+                .map_err(SourceError::from),
+            LiveSource::Prometheus(p) => p
+                .poll(engine, shared, clock.now())
+                .await
+                .map_err(SourceError::from),
         };
         shared
             .metrics
@@ -117,9 +130,15 @@ impl ScrapeSource {
             .collect()
     }
 
-    async fn poll(&mut self, engine: &mut Engine, shared: &Shared) -> Result<(), ScrapeError> {
+    /// Scrapes once; the samples are stamped with `clock`'s time when the body arrived.
+    async fn poll(
+        &mut self,
+        engine: &mut Engine,
+        shared: &Shared,
+        clock: &UnixClock,
+    ) -> Result<(), ScrapeError> {
         let result = self.scraper.fetch().await;
-        let t = now_unix();
+        let t = clock.now();
         let outcome = result.and_then(|body| {
             let mut matched: Vec<(u64, Vec<String>, f64)> = Vec::new();
             let mut latency_totals: HashMap<Vec<String>, (f64, f64)> = HashMap::new();
@@ -231,10 +250,15 @@ impl PromSource {
         }
     }
 
-    async fn poll(&mut self, engine: &mut Engine, shared: &Shared) -> Result<(), PromError> {
+    /// Queries the minutes that completed by `now` (Unix seconds) since the last poll.
+    async fn poll(
+        &mut self,
+        engine: &mut Engine,
+        shared: &Shared,
+        now: f64,
+    ) -> Result<(), PromError> {
         // The rate evaluated at the end of minute m is minute m's rate.
-        let end = ((now_unix() as i64 - PROMETHEUS_LAG_SECONDS).div_euclid(MINUTE_SECONDS))
-            * MINUTE_SECONDS;
+        let end = query_end(now);
         let newest = end / MINUTE_SECONDS - 1;
         let first = match self.last_minute {
             Some(m) if m >= newest => return Ok(()),
@@ -277,16 +301,22 @@ fn record(engine: &mut Engine, shared: &Shared, points: &Points, holes_only: boo
     recorded
 }
 
-/// Fills the holes of the last [`RING_MINUTES`] from `query` (requests per second) with
-/// one range query. Returns the minutes recorded.
+/// The end (Unix seconds, on the minute) of the newest minute a Prometheus source may read
+/// at `now`: [`PROMETHEUS_LAG_SECONDS`] behind, so its last scrape has been ingested.
+fn query_end(now: f64) -> i64 {
+    ((now as i64 - PROMETHEUS_LAG_SECONDS).div_euclid(MINUTE_SECONDS)) * MINUTE_SECONDS
+}
+
+/// Fills the holes of the last [`RING_MINUTES`] before `now` (Unix seconds) from `query`
+/// (requests per second) with one range query. Returns the minutes recorded.
 pub async fn backfill(
     engine: &mut Engine,
     client: &PromClient,
     query: &str,
     shared: &Shared,
+    now: f64,
 ) -> Result<usize, PromError> {
-    let end =
-        ((now_unix() as i64 - PROMETHEUS_LAG_SECONDS).div_euclid(MINUTE_SECONDS)) * MINUTE_SECONDS;
+    let end = query_end(now);
     let start = end - (RING_MINUTES as i64 - 1) * MINUTE_SECONDS;
     let points = client
         .query_range(query, start, end, MINUTE_SECONDS)

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use flowcast::band::BandMode;
+use flowcast::engine::{Engine, EngineSettings};
 use flowcast::exposition::{self, Format};
 use flowcast::history::SeriesLimits;
 use flowcast::metrics::Metrics;
 use flowcast::model::Model;
-use flowcast::pipeline::{Engine, EngineSettings};
 use flowcast::selector::Selector;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

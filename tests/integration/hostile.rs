@@ -7,10 +7,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use flowcast::clock::system_now;
 use flowcast::config::FileConfig;
 use flowcast::exposition::{self, Format};
 use flowcast::model::Model;
-use flowcast::pipeline::now_unix;
 use flowcast::sidecar::Sidecar;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -181,7 +181,7 @@ async fn hostile_targets_are_counted_and_never_hurt_the_sidecar() {
     .expect("config");
     let mut sidecar =
         Sidecar::new(&config, Arc::new(Model::embedded().expect("model"))).expect("sidecar");
-    let now_minute = (now_unix() / 60.0).floor() as i64;
+    let now_minute = (system_now() / 60.0).floor() as i64;
     for m in now_minute - 240..now_minute {
         sidecar.engine.record_rate(&[], m, 50.0);
     }

@@ -14,9 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flowcast::clock::system_now;
 use flowcast::config::FileConfig;
 use flowcast::model::Model;
-use flowcast::pipeline::now_unix;
 use flowcast::sidecar::Sidecar;
 use support::{get, read_metrics, value, FakeApp};
 use tokio_util::sync::CancellationToken;
@@ -64,7 +64,7 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
     .expect("valid config");
     let model = Arc::new(Model::embedded().expect("model"));
     let mut sidecar = Sidecar::new(&config, model).expect("sidecar");
-    let now_minute = (now_unix() / 60.0).floor() as i64;
+    let now_minute = (system_now() / 60.0).floor() as i64;
     for m in now_minute - 240..now_minute {
         let rate = 20.0 + 5.0 * ((m % 30) as f64 / 30.0);
         sidecar
@@ -251,7 +251,7 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
 #[test]
 fn forecasts_are_scale_free() {
     let model = Arc::new(Model::embedded().expect("model"));
-    let settings = flowcast::pipeline::EngineSettings {
+    let settings = flowcast::engine::EngineSettings {
         mc_passes: 50,
         seed: 3,
         band: flowcast::band::BandMode::Calibrated,
@@ -264,7 +264,7 @@ fn forecasts_are_scale_free() {
     };
     let origin = 1_700_000_000 / 300 * 300;
     let mut engines = [1.0, 1000.0].map(|factor| {
-        let mut e = flowcast::pipeline::Engine::new(Arc::clone(&model), settings);
+        let mut e = flowcast::engine::Engine::new(Arc::clone(&model), settings);
         for m in origin / 60 - 240..origin / 60 {
             let rate =
                 0.5 + 0.3 * ((m as f64) / 37.0).sin().abs() + if m % 53 < 3 { 1.0 } else { 0.0 };

@@ -149,7 +149,8 @@ pub fn seed_snapshot_keys(
     config: &flowcast::config::Config,
     keys: &[Vec<String>],
 ) -> flowcast::state::Snapshot {
-    use flowcast::pipeline::{now_unix, Engine, EngineSettings};
+    use flowcast::clock::system_now;
+    use flowcast::engine::{Engine, EngineSettings};
     let model = Arc::new(flowcast::model::Model::embedded().expect("model"));
     let mut engine = Engine::new(
         model,
@@ -165,14 +166,14 @@ pub fn seed_snapshot_keys(
             },
         },
     );
-    let now_minute = (now_unix() / 60.0).floor() as i64;
+    let now_minute = (system_now() / 60.0).floor() as i64;
     for key in keys {
         for m in now_minute - 240..now_minute {
             engine.record_rate(key, m, 20.0 + (m % 30) as f64 / 6.0);
         }
     }
     let identity = config.state_identity();
-    let snapshot = engine.snapshot(identity, now_unix() - 30.0);
+    let snapshot = engine.snapshot(identity, system_now() - 30.0);
     flowcast::state::write(dir, &snapshot).expect("seed snapshot written");
     snapshot
 }

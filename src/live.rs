@@ -1,0 +1,246 @@
+//! The live loop: scrape on one interval, forecast on another, snapshot on a third, until
+//! shutdown.
+//!
+//! Owns the engine while it runs (one owner, no locks around history), the source's
+//! back-off and circuit breaker, the forecast tick (inference and publishing on
+//! `spawn_blocking`, never on a runtime worker) and `--state-dir` snapshots. Time comes
+//! from tokio (intervals) and an injected [`UnixClock`], so tests can pause it. No lock is
+//! held across an `.await`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::{Backoff, Breaker};
+use crate::clock::UnixClock;
+use crate::engine::Engine;
+use crate::metrics::HORIZONS;
+use crate::model::ModelError;
+use crate::shared::Shared;
+use crate::source::{LiveSource, SourceError};
+use crate::state;
+
+/// Settings of the live loop.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    /// Scrape period.
+    pub scrape_interval: Duration,
+    /// Forecast period.
+    pub forecast_interval: Duration,
+    /// Where and how often to snapshot, if at all.
+    pub state: Option<StateSettings>,
+    /// Where Unix time comes from.
+    pub clock: UnixClock,
+}
+
+/// Settings of `--state-dir` snapshots.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// The directory.
+    pub dir: std::path::PathBuf,
+    /// Snapshot period.
+    pub interval: Duration,
+    /// [`state::identity`] of this configuration.
+    pub identity: String,
+}
+
+/// Writes a snapshot of `engine` on a blocking thread; failures are counted and logged,
+/// never fatal (the previous snapshot stays in place).
+pub async fn save_state(
+    engine: &Engine,
+    settings: &StateSettings,
+    shared: &Shared,
+    clock: &UnixClock,
+) -> bool {
+    let snapshot = engine.snapshot(settings.identity.clone(), clock.now());
+    let dir = settings.dir.clone();
+    let series = snapshot.series.len();
+    let started = Instant::now();
+    match tokio::task::spawn_blocking(move || state::write(&dir, &snapshot)).await {
+        Ok(Ok(bytes)) => {
+            shared.metrics.last_snapshot.set(clock.now());
+            debug!(series, bytes, took = ?started.elapsed(), "state snapshot written");
+            true
+        }
+        Ok(Err(e)) => {
+            shared
+                .metrics
+                .state_failures
+                .with_label_values(&["write"])
+                .inc();
+            warn!(error = %e, "state snapshot failed; the previous one is kept");
+            false
+        }
+        Err(e) => {
+            shared
+                .metrics
+                .state_failures
+                .with_label_values(&["write"])
+                .inc();
+            warn!(error = %e, "state snapshot task failed; the previous one is kept");
+            false
+        }
+    }
+}
+
+/// The live loop: scrape and forecast until `shutdown` is cancelled; returns the engine so
+/// the caller can snapshot it.
+pub async fn run(
+    mut engine: Engine,
+    mut source: LiveSource,
+    settings: LoopSettings,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Engine {
+    let mut scrape_tick = tokio::time::interval(settings.scrape_interval);
+    scrape_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut forecast_tick = tokio::time::interval(settings.forecast_interval);
+    forecast_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let snapshot_period = settings
+        .state
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |s| s.interval);
+    let mut snapshot_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + snapshot_period,
+        snapshot_period,
+    );
+    snapshot_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    shared
+        .metrics
+        .mc_passes
+        .set(engine.settings().mc_passes as i64);
+    shared.ready.store(true, Ordering::Release);
+    let mut last_outcome: Option<&'static str> = None;
+    let mut backoff = Backoff::new(settings.scrape_interval, engine.settings().seed ^ 0x5EED);
+    let mut released = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = scrape_tick.tick() => {
+                if !backoff.may_poll(tokio::time::Instant::now()) {
+                    continue;
+                }
+                let outcome = source.poll(&mut engine, &shared, &settings.clock).await;
+                let was = backoff.state();
+                backoff.record(outcome.is_ok(), tokio::time::Instant::now());
+                shared.metrics.circuit_state.set(backoff.state().gauge());
+                shared.metrics.consecutive_failures.set(i64::from(backoff.failures()));
+                if backoff.state() != was {
+                    match backoff.state() {
+                        Breaker::Open => warn!(failures = backoff.failures(), "source circuit open: pausing polls"),
+                        Breaker::Closed => info!("source circuit closed"),
+                        Breaker::HalfOpen => {}
+                    }
+                }
+                let label = outcome.as_ref().err().map_or("ok", SourceError::reason);
+                if last_outcome != Some(label) {
+                    match &outcome {
+                        Ok(()) => info!("source poll succeeded"),
+                        Err(e) => warn!(reason = e.reason(), error = %e, "source poll failed"),
+                    }
+                    last_outcome = Some(label);
+                }
+            }
+            _ = forecast_tick.tick() => {
+                let origin = settings.clock.now().floor() as i64;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    result = forecast_once(&mut engine, origin, &shared, &settings.clock) => match result {
+                        Ok(forecast) => {
+                            if forecast > 0 && !released {
+                                // Start-up is over once the model has run: what only it
+                                // used (model loading above all) leaves memory.
+                                released = true;
+                                release_startup_pages().await;
+                            }
+                        }
+                        Err(e) => {
+                            shared.metrics.tick_failures.with_label_values(&[e.reason()]).inc();
+                            warn!(reason = e.reason(), error = %e, "forecast tick failed");
+                        }
+                    }
+                }
+            }
+            _ = snapshot_tick.tick(), if settings.state.is_some() => {
+                if let Some(state) = &settings.state {
+                    save_state(&engine, state, &shared, &settings.clock).await;
+                }
+            }
+        }
+    }
+    engine
+}
+
+/// Gives the start-up code's pages back to the system ([`crate::pages`]), on a blocking
+/// thread; a failure only costs memory, so it is logged and the sidecar goes on.
+async fn release_startup_pages() {
+    match tokio::task::spawn_blocking(crate::pages::release_startup_pages).await {
+        Ok(Ok(released)) => info!(%released, "start-up code pages released"),
+        Ok(Err(e)) => warn!(error = %e, "could not release the start-up code pages"),
+        Err(e) => warn!(error = %e, "the page release task failed"),
+    }
+}
+
+/// Runs one forecast tick: prepare on this task, infer and publish on blocking threads
+/// (publishing encodes and compresses the whole series page: 0.5 s at 10,000 series, which
+/// must not hold a runtime worker). Returns how many series it forecast.
+pub async fn forecast_once(
+    engine: &mut Engine,
+    origin: i64,
+    shared: &Arc<Shared>,
+    clock: &UnixClock,
+) -> Result<usize, ModelError> {
+    let started = Instant::now();
+    let prepared = engine.prepare(origin);
+    let (prepared, outputs) = if prepared.ready_count() == 0 {
+        (prepared, Vec::new())
+    } else {
+        let model = Arc::clone(engine.model());
+        let passes = engine.settings().mc_passes;
+        let infer_started = Instant::now();
+        // The prepared views travel to the blocking thread and back, so that the model
+        // reads their inputs in place.
+        let (prepared, outputs) = tokio::task::spawn_blocking(move || {
+            let outputs = {
+                let (inputs, seeds) = prepared.inputs();
+                model.predict(&inputs, &seeds, passes)
+            };
+            (prepared, outputs)
+        })
+        .await
+        .map_err(|e| ModelError::Run(format!("inference task failed: {e}")))?;
+        shared
+            .metrics
+            .inference_duration
+            .observe(infer_started.elapsed().as_secs_f64());
+        (prepared, outputs?)
+    };
+    let report = engine.finish(prepared, &outputs);
+    let forecast = report
+        .series
+        .iter()
+        .filter(|s| s.forecast.is_some())
+        .count();
+    debug!(
+        origin = report.origin,
+        ready = forecast,
+        horizons = HORIZONS.len(),
+        "forecast tick"
+    );
+    let publisher = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || publisher.publish(report))
+        .await
+        .map_err(|e| ModelError::Run(format!("publishing task failed: {e}")))?;
+    shared
+        .metrics
+        .tick_duration
+        .observe(started.elapsed().as_secs_f64());
+    shared.metrics.last_tick.set(clock.now());
+    Ok(forecast)
+}

@@ -1,0 +1,175 @@
+//! The state the HTTP server reads: [`Shared`], the reports of the latest tick and the
+//! capacity signals derived from them.
+//!
+//! The live loop writes (publishes a [`TickReport`] to the gauges and to the readers); the
+//! server only reads. It knows nothing of the engine or the model, so the server reaches
+//! neither. Locks are held only to swap or clone an `Arc`.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::band::{Forecast, Judgement};
+use crate::config::Capacity;
+use crate::features::HORIZON_STEPS;
+use crate::metrics::{Metrics, SeriesStatus};
+
+/// One series' result at one tick.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesReport {
+    /// Values of the `by` labels.
+    pub key: Vec<String>,
+    /// Whether forecasts are exported.
+    pub ready: bool,
+    /// Why not, when not ready.
+    pub not_ready_reason: Option<&'static str>,
+    /// Seconds of history held.
+    pub history_seconds: f64,
+    /// Latest complete step value (req/s).
+    pub observed: Option<f64>,
+    /// Anomaly score of the latest step.
+    pub anomaly_score: Option<f64>,
+    /// Whether the latest step left its band.
+    pub out_of_band: Option<bool>,
+    /// Rolling coverage per horizon.
+    pub band_coverage: [Option<f64>; 3],
+    /// Rolling error ratio per horizon.
+    pub error_ratio: [Option<f64>; 3],
+    /// The forecast (ready series only).
+    #[serde(skip)]
+    pub forecast: Option<Forecast>,
+    /// Recent step values (req/s, oldest first, `None` = hole) for the web page.
+    pub recent_steps: Vec<Option<f64>>,
+    /// The app's mean request latency in seconds, when a latency histogram is read.
+    pub mean_latency_seconds: Option<f64>,
+}
+
+/// Everything one tick produced.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TickReport {
+    /// Unix seconds of the origin.
+    pub origin: i64,
+    /// Per series, in the order they were first seen.
+    pub series: Vec<SeriesReport>,
+}
+
+/// State shared between the pipeline and the HTTP server. The pipeline writes; the server
+/// reads. Locks are held only to swap or clone an `Arc`.
+pub struct Shared {
+    /// Every exported metric.
+    pub metrics: Metrics,
+    /// The latest tick, for `/api/v1/forecast` and the web page.
+    pub latest: Mutex<Arc<TickReport>>,
+    /// The `series` label value.
+    pub series_name: String,
+    /// Names of the `by` labels.
+    pub by: Vec<String>,
+    /// True once the model is loaded and the pipeline runs; false while draining.
+    pub ready: AtomicBool,
+    /// Capacity-signal settings.
+    pub capacity: Capacity,
+    /// Credentials required on flowcast's own endpoints (none by default).
+    pub endpoint_auth: crate::scrape::HttpAuth,
+}
+
+impl Shared {
+    /// Shared state with no tick yet.
+    pub fn new(metrics: Metrics, series_name: String, by: Vec<String>) -> Self {
+        Self {
+            metrics,
+            latest: Mutex::new(Arc::new(TickReport::default())),
+            series_name,
+            by,
+            ready: AtomicBool::new(false),
+            capacity: Capacity::default(),
+            endpoint_auth: crate::scrape::HttpAuth::default(),
+        }
+    }
+
+    /// The same, requiring these credentials on every endpoint but the probes.
+    pub fn with_endpoint_auth(mut self, auth: crate::scrape::HttpAuth) -> Self {
+        self.endpoint_auth = auth;
+        self
+    }
+
+    /// The same, with capacity signals.
+    pub fn with_capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// The latest tick.
+    pub fn latest(&self) -> Arc<TickReport> {
+        match self.latest.lock() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn set_latest(&self, report: Arc<TickReport>) {
+        match self.latest.lock() {
+            Ok(mut g) => *g = report,
+            Err(poisoned) => *poisoned.into_inner() = report,
+        }
+    }
+
+    /// Publishes a tick to the gauges and to the readers.
+    pub fn publish(&self, report: TickReport) {
+        for s in &report.series {
+            let mut labels: Vec<&str> = vec![self.series_name.as_str()];
+            labels.extend(s.key.iter().map(String::as_str));
+            let status = SeriesStatus {
+                ready: s.forecast.is_some(),
+                history_seconds: s.history_seconds,
+                observed: s.observed,
+                judgement: s.anomaly_score.zip(s.out_of_band).map(|(a, o)| Judgement {
+                    anomaly_score: a,
+                    out_of_band: o,
+                }),
+                coverage: s.band_coverage,
+                error_ratio: s.error_ratio,
+            };
+            self.metrics.publish_status(&labels, &status);
+            match &s.forecast {
+                Some(f) => {
+                    self.metrics.publish_forecast(&labels, f);
+                    let (concurrency, replicas) =
+                        capacity_signals(f, s.mean_latency_seconds, &self.capacity);
+                    self.metrics
+                        .publish_capacity(&labels, concurrency, replicas);
+                }
+                None => self.metrics.clear_forecast(&labels),
+            }
+        }
+        self.metrics.series_count.set(report.series.len() as i64);
+        self.metrics.refresh_series();
+        self.set_latest(Arc::new(report));
+    }
+}
+
+/// METHOD.md §6 on the upper bound of each horizon: requests in flight by Little's law
+/// (`L = λ·W`, upper rate × mean latency) and replicas `⌈upper·(1 + headroom) / capacity⌉`
+/// (at least 1). `None` where the input is not configured or not known yet.
+pub fn capacity_signals(
+    forecast: &Forecast,
+    mean_latency_seconds: Option<f64>,
+    capacity: &Capacity,
+) -> ([Option<f64>; HORIZON_STEPS], [Option<f64>; HORIZON_STEPS]) {
+    let upper = |h: usize| forecast.horizons[h].upper;
+    let concurrency = std::array::from_fn(|h| {
+        capacity
+            .latency_histogram
+            .as_ref()
+            .and(mean_latency_seconds)
+            .map(|w| upper(h) * w)
+    });
+    let replicas = std::array::from_fn(|h| {
+        capacity.replica_capacity.map(|c| {
+            (upper(h) * (1.0 + capacity.replica_headroom) / c)
+                .ceil()
+                .max(1.0)
+        })
+    });
+    (concurrency, replicas)
+}
