@@ -26,6 +26,7 @@ pub mod demo;
 pub mod engine;
 pub mod exposition;
 pub mod features;
+pub mod gauge_table;
 pub mod history;
 pub mod live;
 pub mod metrics;
