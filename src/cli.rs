@@ -110,7 +110,7 @@ pub struct BacktestArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Monte-Carlo passes per forecast (the sidecar's default).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = config::DEFAULT_MC_PASSES)]
     pub mc_passes: usize,
     /// Band: calibrated (default), un3 or un2.
     #[arg(long, default_value = "calibrated")]

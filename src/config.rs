@@ -19,6 +19,11 @@ use crate::scrape::HttpAuth;
 use crate::selector::Selector;
 use crate::shard::Shard;
 
+/// Monte-Carlo passes per forecast when none are configured (`run`, `backtest`).
+pub const DEFAULT_MC_PASSES: usize = 30;
+/// The Monte-Carlo passes a forecast may be configured with.
+pub const MC_PASSES_RANGE: std::ops::RangeInclusive<usize> = 1..=1000;
+
 /// The configuration file (`--config flowcast.yaml`), and the same keys as `run` flags
 /// (`--scrape-interval`) and environment variables (`FLOWCAST_SCRAPE_INTERVAL`). Every key
 /// is optional here; the source's keys must come from the file, a flag or the environment.
@@ -370,57 +375,60 @@ impl FileConfig {
         serde_json::from_value(serde_json::Value::Object(base)).unwrap_or(over)
     }
 
-    /// Validates every key and applies the defaults.
+    /// Validates every key and applies the defaults, section by section (each section's
+    /// keys in the order the reference lists them).
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let source_kind = self.source.as_deref().unwrap_or("scrape");
-        let prometheus_auth = auth(
-            "prometheus",
-            self.prometheus_bearer_token_file.clone(),
-            self.prometheus_basic_auth_user.clone(),
-            self.prometheus_basic_auth_password_file.clone(),
-            self.prometheus_ca_file.clone(),
-            (
-                self.prometheus_client_cert_file.clone(),
-                self.prometheus_client_key_file.clone(),
-            ),
-        )?;
+        let (source, backfill) = self.sources()?;
+        let capacity = self.capacity(&source)?;
+        let series = self.series()?;
+        let timing = self.timing()?;
+        let inference = self.inference()?;
+        let state = self.state()?;
+        let server = self.server()?;
+        Ok(Config {
+            source,
+            backfill,
+            capacity,
+            by: series.by,
+            series_name: series.name,
+            scrape_interval: timing.scrape_interval,
+            scrape_timeout: timing.scrape_timeout,
+            forecast_interval: timing.forecast_interval,
+            mc_passes: inference.mc_passes,
+            max_series: series.max_series,
+            shard: series.shard,
+            max_body_bytes: server.max_body_bytes,
+            state_dir: state.dir,
+            snapshot_interval: state.snapshot_interval,
+            shutdown_grace: state.shutdown_grace,
+            listen: server.listen,
+            listen_auth: server.listen_auth,
+            model: inference.model,
+            seed: inference.seed,
+            metric_prefix: server.metric_prefix,
+            band: inference.band,
+        })
+    }
+
+    /// The source section: where rates come from (`source`, `target`, `selector`,
+    /// `prometheus_url`, `query` and their credentials) and the backfill.
+    fn sources(&self) -> Result<(Source, Option<PromEndpoint>), ConfigError> {
+        let prometheus_auth = auth(AuthFiles {
+            side: AuthSide::Prometheus,
+            bearer_token_file: self.prometheus_bearer_token_file.clone(),
+            user: self.prometheus_basic_auth_user.clone(),
+            password_file: self.prometheus_basic_auth_password_file.clone(),
+            ca_file: self.prometheus_ca_file.clone(),
+            client_cert_file: self.prometheus_client_cert_file.clone(),
+            client_key_file: self.prometheus_client_key_file.clone(),
+        })?;
         let prometheus_url = self
             .prometheus_url
             .as_deref()
             .map(|u| http_url("prometheus_url", u))
             .transpose()?;
-        let source = match source_kind {
-            "scrape" => {
-                let target_text = self.target.clone().ok_or_else(|| {
-                    invalid("target", "is required (the URL of the metrics endpoint)")
-                })?;
-                let target = http_url("target", &target_text)?;
-                let selector_text = self.selector.clone().ok_or_else(|| {
-                    invalid(
-                        "selector",
-                        "is required, e.g. http_requests_total{job=\"api\"}",
-                    )
-                })?;
-                let selector: Selector = selector_text
-                    .parse()
-                    .map_err(|e| invalid("selector", format!("{selector_text:?}: {e}")))?;
-                let auth = auth(
-                    "target",
-                    self.target_bearer_token_file.clone(),
-                    self.target_basic_auth_user.clone(),
-                    self.target_basic_auth_password_file.clone(),
-                    self.target_ca_file.clone(),
-                    (
-                        self.target_client_cert_file.clone(),
-                        self.target_client_key_file.clone(),
-                    ),
-                )?;
-                Source::Scrape {
-                    target,
-                    selector,
-                    auth,
-                }
-            }
+        let source = match self.source.as_deref().unwrap_or("scrape") {
+            "scrape" => self.scrape_source()?,
             "prometheus" => {
                 let url = prometheus_url.clone().ok_or_else(|| {
                     invalid("prometheus_url", "is required with source: prometheus")
@@ -444,6 +452,49 @@ impl FileConfig {
                 ))
             }
         };
+        let backfill = self.backfill(&source, prometheus_url, prometheus_auth)?;
+        Ok((source, backfill))
+    }
+
+    /// `source: scrape`: the target, its selector and its credentials.
+    fn scrape_source(&self) -> Result<Source, ConfigError> {
+        let target_text = self
+            .target
+            .clone()
+            .ok_or_else(|| invalid("target", "is required (the URL of the metrics endpoint)"))?;
+        let target = http_url("target", &target_text)?;
+        let selector_text = self.selector.clone().ok_or_else(|| {
+            invalid(
+                "selector",
+                "is required, e.g. http_requests_total{job=\"api\"}",
+            )
+        })?;
+        let selector: Selector = selector_text
+            .parse()
+            .map_err(|e| invalid("selector", format!("{selector_text:?}: {e}")))?;
+        let auth = auth(AuthFiles {
+            side: AuthSide::Target,
+            bearer_token_file: self.target_bearer_token_file.clone(),
+            user: self.target_basic_auth_user.clone(),
+            password_file: self.target_basic_auth_password_file.clone(),
+            ca_file: self.target_ca_file.clone(),
+            client_cert_file: self.target_client_cert_file.clone(),
+            client_key_file: self.target_client_key_file.clone(),
+        })?;
+        Ok(Source::Scrape {
+            target,
+            selector,
+            auth,
+        })
+    }
+
+    /// `backfill_url` and `backfill_query`, defaulting to the Prometheus source's own.
+    fn backfill(
+        &self,
+        source: &Source,
+        prometheus_url: Option<Url>,
+        prometheus_auth: HttpAuth,
+    ) -> Result<Option<PromEndpoint>, ConfigError> {
         let backfill_url = match self.backfill_url.as_deref() {
             Some(u) => Some(http_url("backfill_url", u)?),
             None if matches!(source, Source::Prometheus(_)) => prometheus_url,
@@ -451,29 +502,31 @@ impl FileConfig {
         };
         let backfill_query = match (
             non_empty_query("backfill_query", self.backfill_query.clone())?,
-            &source,
+            source,
         ) {
             (Some(q), _) => Some(q),
             (None, Source::Prometheus(p)) => Some(p.query.clone()),
             (None, Source::Scrape { .. }) => None,
         };
-        let backfill = match (backfill_url, backfill_query) {
-            (Some(url), Some(query)) => Some(PromEndpoint {
+        match (backfill_url, backfill_query) {
+            (Some(url), Some(query)) => Ok(Some(PromEndpoint {
                 url,
                 query,
                 auth: prometheus_auth,
-            }),
-            (Some(_), None) => {
-                return Err(invalid(
-                    "backfill_query",
-                    "is required with backfill_url and source: scrape (a PromQL query giving the same series in req/s, e.g. sum by (route) (rate(http_requests_total{pod=\"api-0\"}[1m])))",
-                ))
-            }
+            })),
+            (Some(_), None) => Err(invalid(
+                "backfill_query",
+                "is required with backfill_url and source: scrape (a PromQL query giving the same series in req/s, e.g. sum by (route) (rate(http_requests_total{pod=\"api-0\"}[1m])))",
+            )),
             (None, Some(_)) if self.backfill_query.is_some() => {
-                return Err(invalid("backfill_url", "is required with backfill_query"))
+                Err(invalid("backfill_url", "is required with backfill_query"))
             }
-            (None, _) => None,
-        };
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// The capacity signals: `latency_histogram`, `replica_capacity`, `replica_headroom`.
+    fn capacity(&self, source: &Source) -> Result<Capacity, ConfigError> {
         let latency_histogram = self.latency_histogram.clone();
         if let Some(name) = &latency_histogram {
             let valid = name
@@ -505,12 +558,16 @@ impl FileConfig {
         if !(0.0..=1.0).contains(&replica_headroom) {
             return Err(invalid("replica_headroom", "must be between 0 and 1"));
         }
-        let capacity = Capacity {
+        Ok(Capacity {
             latency_histogram,
             replica_capacity: self.replica_capacity,
             replica_headroom,
-        };
-        let by = self.by.unwrap_or_default();
+        })
+    }
+
+    /// The series section: `by`, `series_name`, `max_series` and `shard`.
+    fn series(&self) -> Result<SeriesSection, ConfigError> {
+        let by = self.by.clone().unwrap_or_default();
         for (i, label) in by.iter().enumerate() {
             let valid = label
                 .chars()
@@ -533,10 +590,40 @@ impl FileConfig {
                 return Err(invalid("by", format!("{label:?} is listed twice")));
             }
         }
-        let series_name = self.series_name.unwrap_or_else(|| "requests".to_string());
-        if series_name.is_empty() || series_name.len() > 128 {
+        let name = self
+            .series_name
+            .clone()
+            .unwrap_or_else(|| "requests".to_string());
+        if name.is_empty() || name.len() > 128 {
             return Err(invalid("series_name", "must be 1 to 128 characters"));
         }
+        let max_series = self.max_series.unwrap_or(100);
+        if !(1..=100_000).contains(&max_series) {
+            return Err(invalid("max_series", "must be between 1 and 100000"));
+        }
+        let shard = match self.shard.as_deref() {
+            None => None,
+            Some(text) => {
+                let shard: Shard = text.parse().map_err(|e: String| invalid("shard", e))?;
+                if shard.count > 1 && by.is_empty() {
+                    return Err(invalid(
+                        "shard",
+                        "splitting needs series to split: set `by` (without it there is one series)",
+                    ));
+                }
+                Some(shard)
+            }
+        };
+        Ok(SeriesSection {
+            by,
+            name,
+            max_series,
+            shard,
+        })
+    }
+
+    /// The timing section: `scrape_interval`, `scrape_timeout`, `forecast_interval`.
+    fn timing(&self) -> Result<TimingSection, ConfigError> {
         let scrape_interval = duration(
             "scrape_interval",
             self.scrape_interval.as_deref(),
@@ -572,31 +659,43 @@ impl FileConfig {
         {
             return Err(invalid("forecast_interval", "must be between 1s and 5m"));
         }
-        let mc_passes = self.mc_passes.unwrap_or(30);
-        if !(1..=1000).contains(&mc_passes) {
+        Ok(TimingSection {
+            scrape_interval,
+            scrape_timeout,
+            forecast_interval,
+        })
+    }
+
+    /// The inference section: `mc_passes`, `model` and `model_card`, `seed`, `band`.
+    fn inference(&self) -> Result<InferenceSection, ConfigError> {
+        let mc_passes = self.mc_passes.unwrap_or(DEFAULT_MC_PASSES);
+        if !MC_PASSES_RANGE.contains(&mc_passes) {
             return Err(invalid("mc_passes", "must be between 1 and 1000"));
         }
-        let max_series = self.max_series.unwrap_or(100);
-        if !(1..=100_000).contains(&max_series) {
-            return Err(invalid("max_series", "must be between 1 and 100000"));
-        }
-        let shard = match self.shard.as_deref() {
-            None => None,
-            Some(text) => {
-                let shard: Shard = text.parse().map_err(|e: String| invalid("shard", e))?;
-                if shard.count > 1 && by.is_empty() {
-                    return Err(invalid(
-                        "shard",
-                        "splitting needs series to split: set `by` (without it there is one series)",
-                    ));
-                }
-                Some(shard)
+        let model = match (self.model.clone(), self.model_card.clone()) {
+            (None, None) => ModelSource::Embedded,
+            (Some(model), Some(card)) => ModelSource::Files { model, card },
+            (Some(_), None) => {
+                return Err(invalid("model_card", "is required when `model` is set"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("model", "is required when `model_card` is set"))
             }
         };
-        let max_body_bytes = self.max_body_bytes.unwrap_or(16 << 20);
-        if !(1024..=(1 << 30)).contains(&max_body_bytes) {
-            return Err(invalid("max_body_bytes", "must be between 1 KiB and 1 GiB"));
-        }
+        let band = match self.band.as_deref() {
+            None => BandMode::default(),
+            Some(b) => b.parse().map_err(|e: String| invalid("band", e))?,
+        };
+        Ok(InferenceSection {
+            mc_passes,
+            model,
+            seed: self.seed.unwrap_or(0),
+            band,
+        })
+    }
+
+    /// The state section: `state_dir`, `snapshot_interval`, `shutdown_grace`.
+    fn state(&self) -> Result<StateSection, ConfigError> {
         let snapshot_interval = duration(
             "snapshot_interval",
             self.snapshot_interval.as_deref(),
@@ -622,32 +721,43 @@ impl FileConfig {
         {
             return Err(invalid("state_dir", "must not be empty"));
         }
-        let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:9464".to_string());
+        Ok(StateSection {
+            dir: self.state_dir.clone(),
+            snapshot_interval,
+            shutdown_grace,
+        })
+    }
+
+    /// The server section: `listen` and its credentials, `metric_prefix`, and the body cap
+    /// of what flowcast reads (`max_body_bytes`).
+    fn server(&self) -> Result<ServerSection, ConfigError> {
+        let max_body_bytes = self.max_body_bytes.unwrap_or(16 << 20);
+        if !(1024..=(1 << 30)).contains(&max_body_bytes) {
+            return Err(invalid("max_body_bytes", "must be between 1 KiB and 1 GiB"));
+        }
+        let listen_text = self
+            .listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:9464".to_string());
         let listen: SocketAddr = listen_text.parse().map_err(|e| {
             invalid(
                 "listen",
                 format!("{listen_text:?} is not an address like 127.0.0.1:9464: {e}"),
             )
         })?;
-        let listen_auth = auth(
-            "listen",
-            self.listen_bearer_token_file.clone(),
-            self.listen_basic_auth_user.clone(),
-            self.listen_basic_auth_password_file.clone(),
-            None,
-            (None, None),
-        )?;
-        let model = match (self.model, self.model_card) {
-            (None, None) => ModelSource::Embedded,
-            (Some(model), Some(card)) => ModelSource::Files { model, card },
-            (Some(_), None) => {
-                return Err(invalid("model_card", "is required when `model` is set"))
-            }
-            (None, Some(_)) => {
-                return Err(invalid("model", "is required when `model_card` is set"))
-            }
-        };
-        let metric_prefix = self.metric_prefix.unwrap_or_else(|| "flowcast".to_string());
+        let listen_auth = auth(AuthFiles {
+            side: AuthSide::Listen,
+            bearer_token_file: self.listen_bearer_token_file.clone(),
+            user: self.listen_basic_auth_user.clone(),
+            password_file: self.listen_basic_auth_password_file.clone(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+        })?;
+        let metric_prefix = self
+            .metric_prefix
+            .clone()
+            .unwrap_or_else(|| "flowcast".to_string());
         let prefix_ok = metric_prefix
             .chars()
             .next()
@@ -661,34 +771,51 @@ impl FileConfig {
                 format!("{metric_prefix:?} is not a valid metric name prefix"),
             ));
         }
-        let band = match self.band {
-            None => BandMode::default(),
-            Some(b) => b.parse().map_err(|e: String| invalid("band", e))?,
-        };
-        Ok(Config {
-            source,
-            backfill,
-            capacity,
-            by,
-            series_name,
-            scrape_interval,
-            scrape_timeout,
-            forecast_interval,
-            mc_passes,
-            max_series,
-            shard,
+        Ok(ServerSection {
             max_body_bytes,
-            state_dir: self.state_dir,
-            snapshot_interval,
-            shutdown_grace,
             listen,
             listen_auth,
-            model,
-            seed: self.seed.unwrap_or(0),
             metric_prefix,
-            band,
         })
     }
+}
+
+/// Validated `by`, `series_name`, `max_series`, `shard`.
+struct SeriesSection {
+    by: Vec<String>,
+    name: String,
+    max_series: usize,
+    shard: Option<Shard>,
+}
+
+/// Validated intervals and timeout.
+struct TimingSection {
+    scrape_interval: Duration,
+    scrape_timeout: Duration,
+    forecast_interval: Duration,
+}
+
+/// Validated inference settings.
+struct InferenceSection {
+    mc_passes: usize,
+    model: ModelSource,
+    seed: u64,
+    band: BandMode,
+}
+
+/// Validated state settings.
+struct StateSection {
+    dir: Option<PathBuf>,
+    snapshot_interval: Duration,
+    shutdown_grace: Duration,
+}
+
+/// Validated server settings.
+struct ServerSection {
+    max_body_bytes: usize,
+    listen: SocketAddr,
+    listen_auth: HttpAuth,
+    metric_prefix: String,
 }
 
 impl Config {
@@ -723,16 +850,54 @@ fn non_empty_query(key: &'static str, q: Option<String>) -> Result<Option<String
     }
 }
 
-/// Credentials: every file must be readable now (a typo is a start-up error, exit 2), but
-/// is read again on every request so that rotated secrets are picked up.
-fn auth(
-    prefix: &'static str,
+/// Whose credentials a set of `*_file` keys holds: the keys are named after it.
+#[derive(Debug, Clone, Copy)]
+enum AuthSide {
+    /// `target_*`: the scraped application.
+    Target,
+    /// `prometheus_*`: the Prometheus API (source and backfill).
+    Prometheus,
+    /// `listen_*`: flowcast's own endpoints (no CA, no client certificate).
+    Listen,
+}
+
+impl AuthSide {
+    /// The configuration key of `part` (`token`, `user`, `password`, `ca`, `cert`, `key`).
+    fn key(self, part: &str) -> &'static str {
+        match (self, part) {
+            (Self::Listen, "token") => "listen_bearer_token_file",
+            (Self::Listen, "user") => "listen_basic_auth_user",
+            (Self::Listen, _) => "listen_basic_auth_password_file",
+            (Self::Target, "token") => "target_bearer_token_file",
+            (Self::Target, "user") => "target_basic_auth_user",
+            (Self::Target, "password") => "target_basic_auth_password_file",
+            (Self::Target, "cert") => "target_client_cert_file",
+            (Self::Target, "key") => "target_client_key_file",
+            (Self::Target, _) => "target_ca_file",
+            (Self::Prometheus, "token") => "prometheus_bearer_token_file",
+            (Self::Prometheus, "user") => "prometheus_basic_auth_user",
+            (Self::Prometheus, "password") => "prometheus_basic_auth_password_file",
+            (Self::Prometheus, "cert") => "prometheus_client_cert_file",
+            (Self::Prometheus, "key") => "prometheus_client_key_file",
+            (Self::Prometheus, _) => "prometheus_ca_file",
+        }
+    }
+}
+
+/// The credential keys of one side, as given.
+struct AuthFiles {
+    side: AuthSide,
     bearer_token_file: Option<PathBuf>,
     user: Option<String>,
     password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
-    client: (Option<PathBuf>, Option<PathBuf>),
-) -> Result<HttpAuth, ConfigError> {
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
+}
+
+/// Credentials: every file must be readable now (a typo is a start-up error, exit 2), but
+/// is read again on every request so that rotated secrets are picked up.
+fn auth(files: AuthFiles) -> Result<HttpAuth, ConfigError> {
     let readable = |key: &'static str, path: &Path| {
         std::fs::metadata(path)
             .map_err(|e| invalid(key, format!("{}: {e}", path.display())))
@@ -744,29 +909,11 @@ fn auth(
                 }
             })
     };
-    let key = |name: &str| -> &'static str {
-        match (prefix, name) {
-            ("listen", "token") => "listen_bearer_token_file",
-            ("listen", "user") => "listen_basic_auth_user",
-            ("listen", _) => "listen_basic_auth_password_file",
-            ("target", "token") => "target_bearer_token_file",
-            ("target", "user") => "target_basic_auth_user",
-            ("target", "password") => "target_basic_auth_password_file",
-            ("target", "cert") => "target_client_cert_file",
-            ("target", "key") => "target_client_key_file",
-            ("target", _) => "target_ca_file",
-            (_, "token") => "prometheus_bearer_token_file",
-            (_, "user") => "prometheus_basic_auth_user",
-            (_, "password") => "prometheus_basic_auth_password_file",
-            (_, "cert") => "prometheus_client_cert_file",
-            (_, "key") => "prometheus_client_key_file",
-            _ => "prometheus_ca_file",
-        }
-    };
-    if let Some(p) = &bearer_token_file {
+    let key = |part: &str| files.side.key(part);
+    if let Some(p) = &files.bearer_token_file {
         readable(key("token"), p)?;
     }
-    let basic = match (user, password_file) {
+    let basic = match (files.user, files.password_file) {
         (Some(u), Some(p)) => {
             readable(key("password"), &p)?;
             Some((u, p))
@@ -775,16 +922,16 @@ fn auth(
         (Some(_), None) => return Err(invalid(key("password"), "is required with the user name")),
         (None, Some(_)) => return Err(invalid(key("user"), "is required with the password file")),
     };
-    if bearer_token_file.is_some() && basic.is_some() {
+    if files.bearer_token_file.is_some() && basic.is_some() {
         return Err(invalid(
             key("user"),
             "cannot be combined with a bearer token",
         ));
     }
-    if let Some(p) = &ca_file {
+    if let Some(p) = &files.ca_file {
         readable(key("ca"), p)?;
     }
-    let client_identity = match client {
+    let client_identity = match (files.client_cert_file, files.client_key_file) {
         (Some(cert), Some(k)) => {
             readable(key("cert"), &cert)?;
             readable(key("key"), &k)?;
@@ -800,9 +947,9 @@ fn auth(
         (None, Some(_)) => return Err(invalid(key("cert"), "is required with the client key")),
     };
     Ok(HttpAuth {
-        bearer_token_file,
+        bearer_token_file: files.bearer_token_file,
         basic,
-        ca_file,
+        ca_file: files.ca_file,
         client_identity,
     })
 }

@@ -134,7 +134,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Backtest(args) => {
-            if args.mc_passes == 0 || args.mc_passes > 1000 {
+            if !flowcast::config::MC_PASSES_RANGE.contains(&args.mc_passes) {
                 return Err(usage(anyhow::anyhow!(
                     "--mc-passes must be between 1 and 1000"
                 )));

@@ -73,7 +73,9 @@ impl ModelError {
     }
 }
 
-/// The parts of the model card (`models/flowcast.card.json`) the runtime relies on.
+/// The parts of the model card (`models/flowcast.card.json`) the runtime relies on. Other
+/// fields (the training record, scores, the passes the calibration was made with) are
+/// documentation and are not read.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelCard {
     /// Card format; this build reads version 1.
@@ -94,8 +96,6 @@ pub struct ModelCard {
     pub readiness: Readiness,
     /// Dropout of the Monte-Carlo passes.
     pub dropout: Dropout,
-    /// Default number of Monte-Carlo passes.
-    pub mc_passes: usize,
     /// Calibration prior learnt on the training data's validation windows.
     pub calibration_prior: CalibrationPrior,
 }
