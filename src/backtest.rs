@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use crate::band::BandMode;
 use crate::band::PassOutputs;
+use crate::cli::{BacktestArgs, Failure};
+use crate::config::{ModelSource, MC_PASSES_RANGE};
 use crate::engine::{Engine, EngineSettings, Prepared};
 use crate::features::ModelInput;
 use crate::features::HORIZON_STEPS;
@@ -440,6 +442,55 @@ pub fn plot(series: &Series, rows: &[Row], days: i64) -> String {
     );
     let _ = write!(svg, "<text x=\"45\" y=\"15\" font-size=\"12\">observed (line) and 95% band 5 min ahead (shaded); max {max:.3} req/s</text></svg>");
     svg
+}
+
+/// `flowcast backtest`: reads the series, replays it, writes the forecasts (and the plot),
+/// and prints the scores. Bad input (arguments, CSV, model) is a usage error.
+pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
+    if !MC_PASSES_RANGE.contains(&args.mc_passes) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--mc-passes must be between 1 and 1000"
+        )));
+    }
+    let series = read_series(&args.data, args.step).map_err(Failure::usage)?;
+    let source = match (&args.model, &args.model_card) {
+        (Some(model), Some(card)) => ModelSource::Files {
+            model: model.clone(),
+            card: card.clone(),
+        },
+        _ => ModelSource::Embedded,
+    };
+    let model = Arc::new(crate::sidecar::load_model(&source).map_err(Failure::usage)?);
+    let started = std::time::Instant::now();
+    let settings = Settings {
+        seed: args.seed,
+        mc_passes: args.mc_passes,
+        band: args.band,
+        threads: args.threads.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }),
+    };
+    let rows = run(&series, model, settings).map_err(Failure::runtime)?;
+    write_rows(&args.out, &rows).map_err(Failure::runtime)?;
+    let s = score(&series, &rows, args.warmup_seconds);
+    println!(
+        "{} origins in {:.1}s; scored {} targets ({} missing): coverage {:.3}, upper_cov {:.3}, nMAE {:.3}, rel_width {:.3}, int_score {:.3}",
+        rows.len() / 3,
+        started.elapsed().as_secs_f64(),
+        s.n,
+        s.missing,
+        s.coverage,
+        s.upper_cov,
+        s.nmae,
+        s.rel_width,
+        s.int_score
+    );
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot(&series, &rows, 3)).map_err(|e| {
+            Failure::runtime(anyhow::anyhow!("cannot write {}: {e}", path.display()))
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::band::BandMode;
+use crate::cli::{BenchArgs, Failure};
 use crate::engine::{Engine, EngineSettings};
 use crate::history::{SeriesLimits, MINUTE_SECONDS, RING_MINUTES};
 use crate::metrics::Metrics;
@@ -198,6 +199,57 @@ fn proc_status_kb(field: &str) -> Option<u64> {
                 .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
+}
+
+/// `flowcast bench`: times ticks (or, with `--soak-hours`, prints the RSS after each
+/// simulated hour) and prints the result.
+pub fn command(args: &BenchArgs) -> Result<(), Failure> {
+    let model = Arc::new(Model::embedded().map_err(Failure::runtime)?);
+    if let Some(hours) = args.soak_hours {
+        let started = Instant::now();
+        let rss = soak(
+            model,
+            args.series as usize,
+            hours as usize,
+            args.mc_passes as usize,
+        )
+        .map_err(Failure::runtime)?;
+        for (hour, bytes) in &rss {
+            println!("hour {hour:>3}: RSS {:.1} MB", *bytes as f64 / 1e6);
+        }
+        println!(
+            "{} series, {hours} simulated hours in {:.1}s",
+            args.series,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let interval = std::time::Duration::from(args.forecast_interval).as_secs_f64();
+    let r = run(
+        model,
+        args.series as usize,
+        args.mc_passes as usize,
+        args.ticks as usize,
+        interval,
+    )
+    .map_err(Failure::runtime)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r).map_err(Failure::runtime)?);
+    } else {
+        println!(
+            "{} series x {} passes, {} ticks: median {:.2} ms, p99 {:.2} ms per tick; {:.1} us per series; {:.3} % of one core at a {}s interval; peak RSS {:.1} MB",
+            r.series,
+            r.mc_passes,
+            r.ticks,
+            r.tick_seconds_median * 1e3,
+            r.tick_seconds_p99 * 1e3,
+            r.seconds_per_series * 1e6,
+            r.cpu_share_at_interval * 100.0,
+            r.forecast_interval_seconds,
+            r.peak_rss_bytes as f64 / 1e6
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

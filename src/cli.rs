@@ -11,6 +11,43 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigError, FileConfig};
 
+/// Why a command failed, which sets the exit code: 2 for usage or configuration (before
+/// anything runs), 1 for a failure at run time.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad arguments, configuration or model: exit 2.
+    Usage(anyhow::Error),
+    /// A failure while running: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl Failure {
+    /// A usage or configuration error.
+    pub fn usage(e: impl Into<anyhow::Error>) -> Self {
+        Self::Usage(e.into())
+    }
+
+    /// A run-time failure.
+    pub fn runtime(e: impl Into<anyhow::Error>) -> Self {
+        Self::Runtime(e.into())
+    }
+
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::Runtime(_) => 1,
+        }
+    }
+
+    /// The error, for the message.
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            Self::Usage(e) | Self::Runtime(e) => e,
+        }
+    }
+}
+
 /// flowcast: forecast a service's request rate 5–15 minutes ahead with a calibrated band,
 /// exported as Prometheus gauges.
 #[derive(Debug, Parser)]

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::{DemoArgs, Failure};
 use crate::clock::system_now;
 use crate::config::{Config, FileConfig};
 use crate::history::MINUTE_SECONDS;
@@ -166,6 +167,19 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Res
     sidecar.run(listener, shutdown).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), app).await;
     Ok(())
+}
+
+/// `flowcast demo`: runs [`run`] until Ctrl-C or `--duration`.
+pub fn command(args: &DemoArgs) -> Result<(), Failure> {
+    let rt = sidecar::runtime().map_err(Failure::runtime)?;
+    let (listen, limit) = (args.listen, args.duration.map(Into::into));
+    let result = rt.block_on(async move {
+        run(listen, sidecar::shutdown_on_signal(limit))
+            .await
+            .map_err(Failure::runtime)
+    });
+    rt.shutdown_background();
+    result
 }
 
 #[cfg(test)]

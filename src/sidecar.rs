@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cli::{Failure, RunArgs};
 use crate::clock::UnixClock;
 use crate::config::{Config, ModelSource, Source};
 use crate::engine::{Engine, EngineSettings};
@@ -304,4 +305,70 @@ pub async fn termination_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `flowcast check-config`: validates the configuration and loads the model; exit 0 or 2.
+pub fn check_config(args: &RunArgs) -> Result<(), Failure> {
+    let config = args.to_config().map_err(Failure::usage)?;
+    let model = load_model(&config.model).map_err(Failure::usage)?;
+    println!(
+        "config ok: {}, model {} inputs checked",
+        config.source.describe(),
+        model.card().inputs.len()
+    );
+    Ok(())
+}
+
+/// `flowcast run`: the sidecar, until SIGTERM or SIGINT. A bad configuration or model is a
+/// usage error (exit 2) before anything is bound; a failure to listen is exit 1.
+pub fn run_command(args: &RunArgs) -> Result<(), Failure> {
+    let config = args.to_config().map_err(Failure::usage)?;
+    let model = Arc::new(load_model(&config.model).map_err(Failure::usage)?);
+    let rt = runtime().map_err(Failure::runtime)?;
+    let result = rt.block_on(async move {
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            Failure::runtime(anyhow::anyhow!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let sidecar = Sidecar::new(&config, model).map_err(Failure::runtime)?;
+        let shard = config
+            .shard
+            .map_or_else(|| "all".to_string(), |s| s.to_string());
+        info!(listen = %config.listen, source = %config.source.describe(), %shard, "flowcast started");
+        sidecar.run(listener, shutdown_on_signal(None)).await;
+        Ok(())
+    });
+    // A tick abandoned on the signal may still be inferring on a blocking thread;
+    // dropping the runtime would wait for it, past the shutdown grace.
+    rt.shutdown_background();
+    result
+}
+
+/// The runtime of `run` and `demo`: two workers, and few blocking threads (inference and
+/// publishing run there one tick at a time).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+}
+
+/// A token cancelled on SIGTERM/SIGINT, or after `limit`.
+pub fn shutdown_on_signal(limit: Option<std::time::Duration>) -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        match limit {
+            Some(d) => {
+                tokio::select! {
+                    _ = termination_signal() => {}
+                    _ = tokio::time::sleep(d) => {}
+                }
+            }
+            None => termination_signal().await,
+        }
+        info!("shutting down");
+        t.cancel();
+    });
+    token
 }
