@@ -25,6 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod exposition;
+pub mod faults;
 pub mod features;
 pub mod gauge_table;
 pub mod history;

@@ -50,11 +50,6 @@ impl Default for ServerLimits {
     }
 }
 
-/// Environment variable of a scripted fault for tests: hold every `/metrics` response this
-/// many milliseconds before its last chunk, so a test can signal the process while a
-/// response is half sent.
-pub const FAULT_METRICS_HOLD_ENV: &str = "FLOWCAST_FAULT_METRICS_HOLD_MS";
-
 /// Serves until `shutdown` is cancelled, then stops accepting (the listener is closed, so
 /// new connections are refused) and drains: responses in flight are sent in full, idle
 /// keep-alive connections are closed, for at most `limits.drain`.
@@ -65,10 +60,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let hold = std::env::var(FAULT_METRICS_HOLD_ENV)
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-        .map(Duration::from_millis);
+    let hold = crate::faults::metrics_hold();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -307,7 +299,7 @@ fn with_type(mut r: Response<Chunks>, content_type: &'static str) -> Response<Ch
 pub struct Chunks {
     chunks: VecDeque<Bytes>,
     remaining: u64,
-    /// Test hook ([`FAULT_METRICS_HOLD_ENV`]): wait this long before the last chunk.
+    /// Test hook ([`crate::faults::metrics_hold`]): wait this long before the last chunk.
     hold: Option<Duration>,
     sleeping: Option<Pin<Box<tokio::time::Sleep>>>,
 }

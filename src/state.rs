@@ -34,10 +34,6 @@ const HEADER_LEN: usize = 8 + 4 + 4 + 8;
 /// anything that could exhaust memory.
 pub const MAX_PAYLOAD_BYTES: u64 = 256 << 20;
 
-/// Environment variable of a scripted fault for tests: pause this many milliseconds after
-/// writing half of the temporary file, so a test can kill the process mid-write.
-pub const FAULT_PAUSE_ENV: &str = "FLOWCAST_FAULT_SNAPSHOT_PAUSE_MS";
-
 /// Everything a snapshot holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -252,7 +248,7 @@ pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<usize, StateError> {
         .truncate(true)
         .open(&tmp)
         .map_err(io(&tmp))?;
-    match fault_pause() {
+    match crate::faults::snapshot_pause() {
         Some(pause) => {
             let half = bytes.len() / 2;
             file.write_all(&bytes[..half]).map_err(io(&tmp))?;
@@ -271,14 +267,6 @@ pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<usize, StateError> {
         let _ = d.sync_all();
     }
     Ok(bytes.len())
-}
-
-fn fault_pause() -> Option<std::time::Duration> {
-    std::env::var(FAULT_PAUSE_ENV)
-        .ok()?
-        .parse()
-        .ok()
-        .map(std::time::Duration::from_millis)
 }
 
 #[cfg(test)]

@@ -199,7 +199,12 @@ async fn state_survives_restarts_sigterm_and_a_kill_during_the_write() {
     // 3. kill -9 while the shutdown snapshot is half written: the previous snapshot stays
     //    whole and usable.
     let before = std::fs::read(&snapshot_path).expect("snapshot bytes");
-    let mut second = start(&app, &dir, SELECTOR, &[(state::FAULT_PAUSE_ENV, "20000")]);
+    let mut second = start(
+        &app,
+        &dir,
+        SELECTOR,
+        &[(flowcast::faults::SNAPSHOT_PAUSE_ENV, "20000")],
+    );
     wait_for(&second, Duration::from_secs(15), orders_ready)
         .await
         .expect("second start is ready");

@@ -3,7 +3,8 @@
 //! keep-alive connections are closed, and the process exits 0 within the grace; neither a
 //! response held past the grace nor a long inference in flight keeps the process alive.
 //!
-//! The server's test hook `FLOWCAST_FAULT_METRICS_HOLD_MS` holds every `/metrics` response
+//! The server's test hook `FLOWCAST_FAULT_METRICS_HOLD_MS` (built only with the
+//! `fault-injection` feature, which the tests enable) holds every `/metrics` response
 //! before its last chunk (the per-series text), so "in flight" is a state the test
 //! creates, not a race it hopes to win.
 
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowcast::server::FAULT_METRICS_HOLD_ENV;
+use flowcast::faults::METRICS_HOLD_ENV;
 
 use crate::support::{
     free_port, read_metrics, seed_snapshot_keys, sigterm, value, wait_exit, ChildGuard,
@@ -76,7 +77,7 @@ fn start(dir: &Path, port: u16, grace: &str, hold_ms: u64, setup: Setup) -> Chil
         .arg("--state-dir")
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env(FAULT_METRICS_HOLD_ENV, hold_ms.to_string())
+        .env(METRICS_HOLD_ENV, hold_ms.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
