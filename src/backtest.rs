@@ -31,13 +31,14 @@ const ORIGINS_PER_RUN: usize = 64;
 /// Errors of a backtest.
 #[derive(Debug, thiserror::Error)]
 pub enum BacktestError {
-    /// The data file is malformed; the message names the line.
-    #[error("{path}: {message}")]
+    /// The data file is malformed; the error names the line.
+    #[error("{path}: {error}")]
     Data {
         /// File.
         path: String,
         /// What is wrong, with the line number.
-        message: String,
+        #[source]
+        error: CsvError,
     },
     /// I/O on the input or output.
     #[error("{path}: {source}")]
@@ -50,6 +51,9 @@ pub enum BacktestError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A thread that shared the inference panicked.
+    #[error("an inference thread panicked")]
+    InferenceThread,
 }
 
 /// A recorded series: rows of (start timestamp, count per step) and the step.
@@ -76,23 +80,71 @@ pub fn read_series(path: &Path, step: Option<i64>) -> Result<Series, BacktestErr
             .find(|(tag, _)| f.contains(**tag))
             .map(|(_, s)| s)
     });
-    parse_series(&text, step.or(name_step)).map_err(|message| BacktestError::Data {
-        path: name,
-        message,
-    })
+    parse_series(&text, step.or(name_step))
+        .map_err(|error| BacktestError::Data { path: name, error })
+}
+
+/// Why a `timestamp,value` CSV was refused; every row error names its 1-based line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CsvError {
+    /// The first line is not the header.
+    #[error("line 1: header must be exactly 'timestamp,value', got {0:?}")]
+    Header(String),
+    /// A row without a comma.
+    #[error("line {0}: expected 'timestamp,value'")]
+    Fields(usize),
+    /// A timestamp that is not an integer.
+    #[error("line {line}: timestamp {text:?} is not an integer")]
+    Timestamp {
+        /// Line number.
+        line: usize,
+        /// The cell.
+        text: String,
+    },
+    /// A value that is not a number.
+    #[error("line {line}: value {text:?} is not a number")]
+    Value {
+        /// Line number.
+        line: usize,
+        /// The cell.
+        text: String,
+    },
+    /// A value that is negative, NaN or infinite.
+    #[error("line {line}: value {value} must be a finite count >= 0")]
+    Count {
+        /// Line number.
+        line: usize,
+        /// The value.
+        value: f64,
+    },
+    /// A timestamp not after the previous one.
+    #[error("line {line}: {kind} timestamp {ts} after {prev}")]
+    Order {
+        /// Line number.
+        line: usize,
+        /// `duplicate` or `unsorted`.
+        kind: &'static str,
+        /// This row's timestamp.
+        ts: i64,
+        /// The previous row's.
+        prev: i64,
+    },
+    /// Only a header.
+    #[error("no data rows")]
+    Empty,
+    /// A step that is not whole minutes dividing 300 s.
+    #[error("step {0} s must be a whole number of minutes that divides 300 s")]
+    Step(i64),
 }
 
 /// Parses CSV text (see [`read_series`]); the error names the line.
-pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, String> {
+pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, CsvError> {
     let mut lines = text.lines().enumerate();
     let header = lines
         .next()
         .map(|(_, l)| l.trim_start_matches('\u{feff}').trim());
     if header != Some("timestamp,value") {
-        return Err(format!(
-            "line 1: header must be exactly 'timestamp,value', got {:?}",
-            header.unwrap_or("")
-        ));
+        return Err(CsvError::Header(header.unwrap_or("").to_string()));
     }
     let mut rows: Vec<(i64, f64)> = Vec::new();
     for (i, line) in lines {
@@ -100,32 +152,33 @@ pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, String> {
         if line.trim().is_empty() {
             continue;
         }
-        let (ts, value) = line
-            .split_once(',')
-            .ok_or_else(|| format!("line {n}: expected 'timestamp,value'"))?;
-        let ts: i64 = ts
-            .trim()
-            .parse()
-            .map_err(|_| format!("line {n}: timestamp {:?} is not an integer", ts.trim()))?;
-        let value: f64 = value
-            .trim()
-            .parse()
-            .map_err(|_| format!("line {n}: value {:?} is not a number", value.trim()))?;
+        let (ts, value) = line.split_once(',').ok_or(CsvError::Fields(n))?;
+        let ts: i64 = ts.trim().parse().map_err(|_| CsvError::Timestamp {
+            line: n,
+            text: ts.trim().to_string(),
+        })?;
+        let value: f64 = value.trim().parse().map_err(|_| CsvError::Value {
+            line: n,
+            text: value.trim().to_string(),
+        })?;
         if !value.is_finite() || value < 0.0 {
-            return Err(format!(
-                "line {n}: value {value} must be a finite count >= 0"
-            ));
+            return Err(CsvError::Count { line: n, value });
         }
         if let Some(&(prev, _)) = rows.last() {
             if ts <= prev {
                 let kind = if ts == prev { "duplicate" } else { "unsorted" };
-                return Err(format!("line {n}: {kind} timestamp {ts} after {prev}"));
+                return Err(CsvError::Order {
+                    line: n,
+                    kind,
+                    ts,
+                    prev,
+                });
             }
         }
         rows.push((ts, value));
     }
     if rows.is_empty() {
-        return Err("no data rows".to_string());
+        return Err(CsvError::Empty);
     }
     let step = match step {
         Some(s) => s,
@@ -136,9 +189,7 @@ pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, String> {
             .unwrap_or(STEP_SECONDS),
     };
     if step <= 0 || STEP_SECONDS % step != 0 || step % MINUTE_SECONDS != 0 {
-        return Err(format!(
-            "step {step} s must be a whole number of minutes that divides 300 s"
-        ));
+        return Err(CsvError::Step(step));
     }
     Ok(Series { rows, step })
 }
@@ -173,7 +224,11 @@ pub struct Settings {
 
 /// Replays `series` through a fresh engine; one row per origin (every multiple of 300 s
 /// from the first row's end to the last row's start) and horizon.
-pub fn run(series: &Series, model: Arc<Model>, settings: Settings) -> Result<Vec<Row>, ModelError> {
+pub fn run(
+    series: &Series,
+    model: Arc<Model>,
+    settings: Settings,
+) -> Result<Vec<Row>, BacktestError> {
     let mut engine = Engine::new(
         model,
         EngineSettings {
@@ -242,10 +297,10 @@ fn predict_parallel(
     seeds: &[u64],
     passes: usize,
     threads: usize,
-) -> Result<Vec<PassOutputs>, ModelError> {
+) -> Result<Vec<PassOutputs>, BacktestError> {
     let part = inputs.len().div_ceil(threads.max(1)).max(1);
     if threads <= 1 || inputs.len() <= part {
-        return model.predict(inputs, seeds, passes);
+        return Ok(model.predict(inputs, seeds, passes)?);
     }
     std::thread::scope(|scope| {
         let handles: Vec<_> = inputs
@@ -255,9 +310,7 @@ fn predict_parallel(
             .collect();
         let mut out = Vec::with_capacity(inputs.len());
         for h in handles {
-            let part = h
-                .join()
-                .map_err(|_| ModelError::Run("an inference thread panicked".to_string()))??;
+            let part = h.join().map_err(|_| BacktestError::InferenceThread)??;
             out.extend(part);
         }
         Ok(out)
@@ -608,7 +661,7 @@ mod tests {
             ("timestamp,value\n", "no data rows"),
             ("timestamp,value\n0,1\n7,1\n", "step 7"),
         ] {
-            let err = parse_series(text, None).expect_err(text);
+            let err = parse_series(text, None).expect_err(text).to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
         let s = parse_series("timestamp,value\n0,1\n120,2\n180,3\n", None).expect("valid");

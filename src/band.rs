@@ -72,16 +72,19 @@ pub enum BandMode {
     Calibrated,
 }
 
+/// A band mode name that is not `un2`, `un3` or `calibrated`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown band mode {0:?} (expected un2, un3 or calibrated)")]
+pub struct UnknownBandMode(pub String);
+
 impl std::str::FromStr for BandMode {
-    type Err = String;
+    type Err = UnknownBandMode;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "un2" => Ok(Self::Un2),
             "un3" => Ok(Self::Un3),
             "calibrated" => Ok(Self::Calibrated),
-            other => Err(format!(
-                "unknown band mode {other:?} (expected un2, un3 or calibrated)"
-            )),
+            other => Err(UnknownBandMode(other.to_string())),
         }
     }
 }

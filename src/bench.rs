@@ -13,9 +13,28 @@ use crate::band::BandMode;
 use crate::cli::{BenchArgs, Failure};
 use crate::engine::{Engine, EngineSettings};
 use crate::history::{SeriesLimits, MINUTE_SECONDS, RING_MINUTES};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsError};
 use crate::model::{Model, ModelError};
 use crate::shared::Shared;
+
+/// Why a bench run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The metrics could not be registered.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// Fewer synthetic series were ready than the bench made.
+    #[error("only {ready} of {series} synthetic series are ready")]
+    NotReady {
+        /// Ready series.
+        ready: usize,
+        /// Series made.
+        series: usize,
+    },
+}
 
 /// What a bench run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -48,7 +67,7 @@ pub fn run(
     mc_passes: usize,
     ticks: usize,
     forecast_interval_seconds: f64,
-) -> Result<BenchReport, ModelError> {
+) -> Result<BenchReport, BenchError> {
     let mut engine = Engine::new(
         model,
         EngineSettings {
@@ -63,8 +82,7 @@ pub fn run(
             },
         },
     );
-    let metrics = Metrics::new("flowcast", &["route".to_string()])
-        .map_err(|e| ModelError::Run(e.to_string()))?;
+    let metrics = Metrics::new("flowcast", &["route".to_string()])?;
     let shared = Shared::new(metrics, "bench".into(), vec!["route".into()]);
     let keys: Vec<Vec<String>> = (0..series).map(|i| vec![format!("/r{i}")]).collect();
     let start_minute = 28_000_000_i64;
@@ -93,9 +111,7 @@ pub fn run(
         shared.publish(report);
         let took = started.elapsed().as_secs_f64();
         if ready != series {
-            return Err(ModelError::Run(format!(
-                "only {ready} of {series} synthetic series are ready"
-            )));
+            return Err(BenchError::NotReady { ready, series });
         }
         if t > 0 {
             times.push(took); // the first tick warms caches and allocations
@@ -131,7 +147,7 @@ pub fn soak(
     series: usize,
     hours: usize,
     mc_passes: usize,
-) -> Result<Vec<(usize, u64)>, ModelError> {
+) -> Result<Vec<(usize, u64)>, BenchError> {
     let mut engine = Engine::new(
         model,
         EngineSettings {
@@ -146,8 +162,7 @@ pub fn soak(
             },
         },
     );
-    let metrics = Metrics::new("flowcast", &["route".to_string()])
-        .map_err(|e| ModelError::Run(e.to_string()))?;
+    let metrics = Metrics::new("flowcast", &["route".to_string()])?;
     let shared = Shared::new(metrics, "soak".into(), vec!["route".into()]);
     let keys: Vec<Vec<String>> = (0..series).map(|i| vec![format!("/r{i}")]).collect();
     let mut counters = vec![0.0f64; series * 4];

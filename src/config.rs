@@ -310,12 +310,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid YAML of the expected form (unknown key, wrong type...).
-    #[error("config file {path}: {message}")]
+    #[error("config file {path}: {source}")]
     Parse {
         /// File path.
         path: PathBuf,
-        /// Parser message with line and column.
-        message: String,
+        /// The parser's error, with line and column.
+        source: serde_norway::Error,
     },
     /// A key has a bad or missing value.
     #[error("config key `{key}`: {reason}")]
@@ -340,18 +340,18 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_file(&text).map_err(|message| ConfigError::Parse {
+    parse_file(&text).map_err(|source| ConfigError::Parse {
         path: path.to_path_buf(),
-        message,
+        source,
     })
 }
 
 /// Parses configuration YAML (an empty document is an empty config).
-pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+pub fn parse_file(text: &str) -> Result<FileConfig, serde_norway::Error> {
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    serde_norway::from_str(text).map_err(|e| e.to_string())
+    serde_norway::from_str(text)
 }
 
 impl FileConfig {
@@ -604,7 +604,9 @@ impl FileConfig {
         let shard = match self.shard.as_deref() {
             None => None,
             Some(text) => {
-                let shard: Shard = text.parse().map_err(|e: String| invalid("shard", e))?;
+                let shard: Shard = text
+                    .parse()
+                    .map_err(|e: crate::shard::ShardError| invalid("shard", e.to_string()))?;
                 if shard.count > 1 && by.is_empty() {
                     return Err(invalid(
                         "shard",
@@ -684,7 +686,9 @@ impl FileConfig {
         };
         let band = match self.band.as_deref() {
             None => BandMode::default(),
-            Some(b) => b.parse().map_err(|e: String| invalid("band", e))?,
+            Some(b) => b
+                .parse()
+                .map_err(|e: crate::band::UnknownBandMode| invalid("band", e.to_string()))?,
         };
         Ok(InferenceSection {
             mc_passes,
@@ -1155,13 +1159,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_wrong_types_are_refused_with_the_line() {
-        let err =
-            parse_file("target: http://x/\nscrape_intervall: 15s\n").expect_err("unknown key");
+        let err = parse_file("target: http://x/\nscrape_intervall: 15s\n")
+            .expect_err("unknown key")
+            .to_string();
         assert!(
             err.contains("scrape_intervall") && err.contains("line 2"),
             "{err}"
         );
-        let err = parse_file("mc_passes: many\n").expect_err("wrong type");
+        let err = parse_file("mc_passes: many\n")
+            .expect_err("wrong type")
+            .to_string();
         assert!(err.contains("mc_passes"), "{err}");
     }
 }

@@ -71,6 +71,24 @@ impl Prepared {
     }
 }
 
+/// Why a snapshot was not restored (nothing of it is, then).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RestoreError {
+    /// The engine has seen data already; restoring would mix two histories.
+    #[error("the engine already holds series")]
+    NotEmpty,
+    /// One entry is out of range, so the file cannot be trusted.
+    #[error("series {index} ({key:?}): {problem}")]
+    BadEntry {
+        /// Position of the entry in the snapshot.
+        index: usize,
+        /// Its key.
+        key: Vec<String>,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+}
+
 /// The synchronous core shared by every driver.
 #[derive(Debug)]
 pub struct Engine {
@@ -302,13 +320,21 @@ impl Engine {
     /// checked first; one bad entry refuses the whole snapshot (it was written by this
     /// code, so a bad entry means the file cannot be trusted). Returns the series restored
     /// (at most `max_series`). `key_len` is the number of `by` labels.
-    pub fn restore(&mut self, snapshot: state::Snapshot, key_len: usize) -> Result<usize, String> {
+    pub fn restore(
+        &mut self,
+        snapshot: state::Snapshot,
+        key_len: usize,
+    ) -> Result<usize, RestoreError> {
         if !self.set.series().is_empty() {
-            return Err("the engine already holds series".to_string());
+            return Err(RestoreError::NotEmpty);
         }
         let mut checked = Vec::with_capacity(snapshot.series.len());
         for (n, s) in snapshot.series.into_iter().enumerate() {
-            let bad = |why: &str| format!("series {n} ({:?}): {why}", s.key);
+            let bad = |problem: &'static str| RestoreError::BadEntry {
+                index: n,
+                key: s.key.clone(),
+                problem,
+            };
             if s.key.len() != key_len {
                 return Err(bad("key does not match the `by` labels"));
             }
@@ -464,7 +490,7 @@ mod tests {
             (scale, "zero scale"),
         ] {
             let mut b = engine();
-            let e = b.restore(bad, 1).expect_err(why);
+            let e = b.restore(bad, 1).expect_err(why).to_string();
             assert!(e.contains(why), "{why}: {e}");
             assert!(
                 b.series_set().series().is_empty(),

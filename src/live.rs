@@ -187,6 +187,32 @@ async fn release_startup_pages() {
     }
 }
 
+/// Why a forecast tick failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TickError {
+    /// The model failed (its own reason: `run`, `output`, `non_finite`, ...).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The blocking task that ran the model panicked or was cancelled.
+    #[error("the inference task failed: {0}")]
+    InferenceTask(tokio::task::JoinError),
+    /// The blocking task that published the tick panicked or was cancelled: the model had
+    /// done its part.
+    #[error("the publishing task failed: {0}")]
+    Publish(tokio::task::JoinError),
+}
+
+impl TickError {
+    /// A short bounded label for `flowcast_tick_failures_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Model(e) => e.reason(),
+            Self::InferenceTask(_) => "inference_task",
+            Self::Publish(_) => "publish",
+        }
+    }
+}
+
 /// Runs one forecast tick: prepare on this task, infer and publish on blocking threads
 /// (publishing encodes and compresses the whole series page: 0.5 s at 10,000 series, which
 /// must not hold a runtime worker). Returns how many series it forecast.
@@ -195,7 +221,7 @@ pub async fn forecast_once(
     origin: i64,
     shared: &Arc<Shared>,
     clock: &UnixClock,
-) -> Result<usize, ModelError> {
+) -> Result<usize, TickError> {
     let started = Instant::now();
     let prepared = engine.prepare(origin);
     let (prepared, outputs) = if prepared.ready_count() == 0 {
@@ -214,7 +240,7 @@ pub async fn forecast_once(
             (prepared, outputs)
         })
         .await
-        .map_err(|e| ModelError::Run(format!("inference task failed: {e}")))?;
+        .map_err(TickError::InferenceTask)?;
         shared
             .metrics
             .inference_duration
@@ -236,11 +262,34 @@ pub async fn forecast_once(
     let publisher = Arc::clone(shared);
     tokio::task::spawn_blocking(move || publisher.publish(report))
         .await
-        .map_err(|e| ModelError::Run(format!("publishing task failed: {e}")))?;
+        .map_err(TickError::Publish)?;
     shared
         .metrics
         .tick_duration
         .observe(started.elapsed().as_secs_f64());
     shared.metrics.last_tick.set(clock.now());
     Ok(forecast)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed publish or inference task is counted under its own reason, never as a
+    /// model run failure: the model may have done its part.
+    #[tokio::test]
+    async fn task_failures_are_not_counted_as_model_failures() {
+        let failed = || async {
+            tokio::task::spawn_blocking(|| panic!("scripted"))
+                .await
+                .expect_err("the task panicked")
+        };
+        let publish = TickError::Publish(failed().await);
+        let inference = TickError::InferenceTask(failed().await);
+        let model = TickError::from(ModelError::NonFinite);
+        assert_eq!(publish.reason(), "publish");
+        assert_eq!(inference.reason(), "inference_task");
+        assert_eq!(model.reason(), "non_finite");
+        assert!(publish.to_string().contains("publishing task failed"));
+    }
 }

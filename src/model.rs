@@ -54,9 +54,19 @@ pub enum ModelError {
     /// The model's inputs or outputs differ from the card.
     #[error("model does not match its card: {0}")]
     Shape(String),
-    /// A run failed or produced non-finite numbers.
+    /// The caller's inputs do not fit the model (counts or row indices): a bug in the
+    /// caller, never the data.
+    #[error("model input rejected: {0}")]
+    Input(String),
+    /// tract could not bind or run the plan.
     #[error("model run failed: {0}")]
     Run(String),
+    /// The run's outputs are missing or of the wrong size.
+    #[error("model output malformed: {0}")]
+    Output(String),
+    /// The model produced NaN or infinite numbers.
+    #[error("the model produced NaN or infinite outputs")]
+    NonFinite,
 }
 
 impl ModelError {
@@ -68,7 +78,10 @@ impl ModelError {
             Self::Contract(_) => "contract",
             Self::Load(_) => "load",
             Self::Shape(_) => "shape",
+            Self::Input(_) => "input",
             Self::Run(_) => "run",
+            Self::Output(_) => "output",
+            Self::NonFinite => "non_finite",
         }
     }
 }
@@ -234,7 +247,7 @@ impl Model {
         // A model with NaN weights loads fine and fails here, at start, not at the first tick.
         let probe =
             crate::features::model_input(&[Some(1.0); WINDOW_STEPS], 0, ZERO_SCALE_FALLBACK)
-                .map_err(|e| ModelError::Run(format!("probe window not ready: {e:?}")))?;
+                .map_err(|e| ModelError::Load(format!("probe window not ready: {e:?}")))?;
         // Two series, so the batched gathers run too. It also checks that the model can be
         // bound to a shape and optimised; its plan (2 series, 6 rows) is for a shape no tick
         // has, so it is dropped.
@@ -266,7 +279,7 @@ impl Model {
         passes: usize,
     ) -> Result<Vec<PassOutputs>, ModelError> {
         if seeds.len() != inputs.len() {
-            return Err(ModelError::Run(format!(
+            return Err(ModelError::Input(format!(
                 "{} inputs but {} seeds",
                 inputs.len(),
                 seeds.len()
@@ -299,7 +312,7 @@ impl Model {
         rows: &[i64],
     ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
         if let Some(bad) = rows.iter().find(|r| !(0..series as i64).contains(r)) {
-            return Err(ModelError::Run(format!(
+            return Err(ModelError::Input(format!(
                 "row names series {bad} of {series}"
             )));
         }
@@ -318,26 +331,26 @@ impl Model {
         rows: &[i64],
     ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
         let tensor = |shape: &[usize], data: &[f32]| {
-            Tensor::from_shape(shape, data).map_err(|e| ModelError::Run(format!("{e:#}")))
+            Tensor::from_shape(shape, data).map_err(|e| ModelError::Input(format!("{e:#}")))
         };
         let batch = rows.len();
         let x = tensor(&[series, WINDOW_STEPS, ENCODER_FEATURES], x)?;
         let xf = tensor(&[series, HORIZON_STEPS, DECODER_FEATURES], xf)?;
         let mask = tensor(&[batch, self.mask_width], mask)?;
         let rows =
-            Tensor::from_shape(&[batch], rows).map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            Tensor::from_shape(&[batch], rows).map_err(|e| ModelError::Input(format!("{e:#}")))?;
         let result = plan
             .run(tvec!(x.into(), xf.into(), mask.into(), rows.into()))
             .map_err(|e| ModelError::Run(format!("{e:#}")))?;
         let take = |i: usize| -> Result<Vec<f32>, ModelError> {
             let t = result
                 .get(i)
-                .ok_or_else(|| ModelError::Run(format!("missing output {i}")))?;
+                .ok_or_else(|| ModelError::Output(format!("missing output {i}")))?;
             let v = t
                 .to_plain_array_view::<f32>()
-                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+                .map_err(|e| ModelError::Output(format!("{e:#}")))?;
             if v.len() != batch * HORIZON_STEPS {
-                return Err(ModelError::Run(format!(
+                return Err(ModelError::Output(format!(
                     "output {i} has {} values",
                     v.len()
                 )));
@@ -468,9 +481,7 @@ fn reduce(
     if finite {
         Ok(out)
     } else {
-        Err(ModelError::Run(
-            "the model produced NaN or infinite outputs".to_string(),
-        ))
+        Err(ModelError::NonFinite)
     }
 }
 

@@ -40,27 +40,58 @@ impl fmt::Display for Shard {
     }
 }
 
+/// Why a `--shard` value was refused; each message quotes the value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ShardError {
+    /// Not of the form `I/N`.
+    #[error("{0:?} is not I/N (e.g. 0/3)")]
+    Form(String),
+    /// The index or the count is not a whole number.
+    #[error("{text:?}: {what} {value:?} is not a whole number")]
+    Number {
+        /// The whole value.
+        text: String,
+        /// `index` or `count`.
+        what: &'static str,
+        /// The part that is not a number.
+        value: String,
+    },
+    /// The count is 0 or above 10,000.
+    #[error("{0:?}: the count must be between 1 and 10000")]
+    Count(String),
+    /// The index is not below the count.
+    #[error("{text:?}: the index must be below the count (shards are numbered 0 to {last})")]
+    Index {
+        /// The whole value.
+        text: String,
+        /// The highest index allowed.
+        last: u64,
+    },
+}
+
 impl FromStr for Shard {
-    type Err = String;
+    type Err = ShardError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (i, n) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not I/N (e.g. 0/3)"))?;
-        let number = |v: &str, what: &str| {
-            v.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("{s:?}: {what} {v:?} is not a whole number"))
+            .ok_or_else(|| ShardError::Form(s.to_string()))?;
+        let number = |v: &str, what: &'static str| {
+            v.trim().parse::<u64>().map_err(|_| ShardError::Number {
+                text: s.to_string(),
+                what,
+                value: v.to_string(),
+            })
         };
         let (index, count) = (number(i, "index")?, number(n, "count")?);
         if count == 0 || count > 10_000 {
-            return Err(format!("{s:?}: the count must be between 1 and 10000"));
+            return Err(ShardError::Count(s.to_string()));
         }
         if index >= count {
-            return Err(format!(
-                "{s:?}: the index must be below the count (shards are numbered 0 to {})",
-                count - 1
-            ));
+            return Err(ShardError::Index {
+                text: s.to_string(),
+                last: count - 1,
+            });
         }
         Ok(Self { index, count })
     }
@@ -84,7 +115,7 @@ mod tests {
         for bad in [
             "", "1", "3/3", "4/3", "0/0", "a/2", "1/b", "-1/2", "1/2/3", "0/10001",
         ] {
-            let err = bad.parse::<Shard>().expect_err(bad);
+            let err = bad.parse::<Shard>().expect_err(bad).to_string();
             assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
         }
     }
