@@ -21,7 +21,7 @@ use crate::engine::Engine;
 use crate::metrics::HORIZONS;
 use crate::model::ModelError;
 use crate::shared::Shared;
-use crate::source::{LiveSource, SourceError};
+use crate::source::{RateSource, SourceError};
 use crate::state;
 
 /// Settings of the live loop.
@@ -91,7 +91,7 @@ pub async fn save_state(
 /// the caller can snapshot it.
 pub async fn run(
     mut engine: Engine,
-    mut source: LiveSource,
+    mut source: impl RateSource,
     settings: LoopSettings,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -230,6 +230,12 @@ pub async fn forecast_once(
         let model = Arc::clone(engine.model());
         let passes = engine.settings().mc_passes;
         let infer_started = Instant::now();
+        debug!(
+            origin,
+            series = prepared.ready_count(),
+            passes,
+            "inference started"
+        );
         // The prepared views travel to the blocking thread and back, so that the model
         // reads their inputs in place.
         let (prepared, outputs) = tokio::task::spawn_blocking(move || {
@@ -274,6 +280,130 @@ pub async fn forecast_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::band::BandMode;
+    use crate::engine::EngineSettings;
+    use crate::history::{SeriesLimits, MINUTE_SECONDS};
+    use crate::metrics::Metrics;
+    use crate::model::Model;
+
+    /// A source that records one rate for the minute that just ended at every poll, and
+    /// fails while `failing` says so; it counts its polls.
+    struct Scripted {
+        polls: Arc<std::sync::Mutex<Vec<f64>>>,
+        failing: std::ops::Range<f64>,
+    }
+
+    impl RateSource for Scripted {
+        async fn poll(
+            &mut self,
+            engine: &mut Engine,
+            _shared: &Shared,
+            clock: &UnixClock,
+        ) -> Result<(), SourceError> {
+            let now = clock.now();
+            self.polls.lock().expect("polls").push(now);
+            if self.failing.contains(&now) {
+                return Err(SourceError::Scrape(crate::scrape::ScrapeError::Timeout(
+                    Duration::from_secs(12),
+                )));
+            }
+            let minute = (now as i64).div_euclid(MINUTE_SECONDS) - 1;
+            engine.record_rate(&[], minute, 40.0 + (minute % 7) as f64);
+            Ok(())
+        }
+    }
+
+    /// The loop's three clocks run on tokio time: over 30 paused minutes it polls every
+    /// 15 s, forecasts at origins read from the injected clock, snapshots every 10 minutes
+    /// stamped with that clock, and backs off while the source fails, all without waiting.
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_keeps_its_intervals_on_the_injected_clock() {
+        let start = 1_700_000_000.0_f64; // 22:13:20 UTC
+        let model = Arc::new(Model::embedded().expect("model"));
+        let mut engine = Engine::new(
+            model,
+            EngineSettings {
+                mc_passes: 4,
+                seed: 1,
+                band: BandMode::Calibrated,
+                limits: SeriesLimits {
+                    max_series: 1,
+                    max_children: 1,
+                    max_gap_seconds: 120.0,
+                    shard: None,
+                },
+            },
+        );
+        let first_minute = (start as i64).div_euclid(MINUTE_SECONDS);
+        for m in first_minute - 240..first_minute {
+            engine.record_rate(&[], m, 40.0);
+        }
+        let dir = std::env::temp_dir().join(format!("flowcast-live-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let settings = LoopSettings {
+            scrape_interval: Duration::from_secs(15),
+            forecast_interval: Duration::from_secs(60),
+            state: Some(StateSettings {
+                dir: dir.clone(),
+                interval: Duration::from_secs(600),
+                identity: "test".into(),
+            }),
+            clock: UnixClock::tokio_from(start),
+        };
+        let shared = Arc::new(Shared::new(
+            Metrics::new("flowcast", &[]).expect("metrics"),
+            "api".into(),
+            Vec::new(),
+        ));
+        let shutdown = CancellationToken::new();
+        // Down from minute 12 to minute 18.
+        let polls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let source = Scripted {
+            polls: Arc::clone(&polls),
+            failing: start + 720.0..start + 1080.0,
+        };
+        let fingerprint = engine.model().fingerprint();
+        let task = tokio::spawn(run(
+            engine,
+            source,
+            settings,
+            Arc::clone(&shared),
+            shutdown.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(30 * 60 + 5)).await;
+        shutdown.cancel();
+        let engine = task.await.expect("the loop ends");
+
+        let m = &shared.metrics;
+        let last_tick = m.last_tick.get();
+        assert_eq!(last_tick, start + 1800.0, "the last tick, at minute 30");
+        assert_eq!(shared.latest().origin, (start as i64 + 1800) / 60 * 60);
+        assert!(shared.latest().series[0].forecast.is_some(), "forecasting");
+        let snapshot = state::read(&dir, fingerprint, "test").expect("a periodic snapshot");
+        assert_eq!(snapshot.saved_at, start + 1800.0, "the third, at minute 30");
+        assert_eq!(m.last_snapshot.get(), start + 1800.0);
+        // 15 s polls while up; far fewer while down (back-off, then the breaker); the
+        // breaker closes again once the source is back.
+        let polls = polls.lock().expect("polls").clone();
+        let at = |from: f64, to: f64| {
+            polls
+                .iter()
+                .filter(|&&t| t >= start + from && t < start + to)
+                .count()
+        };
+        assert_eq!(at(0.0, 720.0), 48, "every 15 s while up: {polls:?}");
+        assert!(at(720.0, 1080.0) <= 10, "backed off while down: {polls:?}");
+        assert!(
+            at(1440.0, 1800.0) >= 23,
+            "regular again once back: {polls:?}"
+        );
+        assert_eq!(m.consecutive_failures.get(), 0);
+        // The ring holds 4 hours: the minutes of the outage are its only holes.
+        let present = engine.series_set().series()[0].ring.present_minutes();
+        assert!((230..240).contains(&present), "{present} minutes held");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A failed publish or inference task is counted under its own reason, never as a
     /// model run failure: the model may have done its part.

@@ -58,9 +58,21 @@ pub enum LiveSource {
     Prometheus(PromSource),
 }
 
-impl LiveSource {
-    /// Polls once and records what arrived; failures are counted here.
-    pub async fn poll(
+/// What the live loop polls: one call records whatever arrived into the engine. The loop
+/// counts failures by [`SourceError::reason`], backs off and opens its circuit breaker.
+pub trait RateSource {
+    /// Polls once and records what arrived; `clock` gives the time of the poll.
+    fn poll(
+        &mut self,
+        engine: &mut Engine,
+        shared: &Shared,
+        clock: &UnixClock,
+    ) -> impl std::future::Future<Output = Result<(), SourceError>> + Send;
+}
+
+impl RateSource for LiveSource {
+    /// Polls the configured source; the poll and its failures are counted here.
+    async fn poll(
         &mut self,
         engine: &mut Engine,
         shared: &Shared,

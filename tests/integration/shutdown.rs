@@ -36,11 +36,14 @@ fn tempdir(tag: &str) -> PathBuf {
 struct Setup {
     series: usize,
     mc_passes: usize,
+    /// Pipe the live loop's debug log to the test (stderr), to see a tick start.
+    debug_log: bool,
 }
 
 const ONE_SERIES: Setup = Setup {
     series: 1,
     mc_passes: 10,
+    debug_log: false,
 };
 
 /// Starts `flowcast run` on a seeded state directory, so its series are ready at once.
@@ -78,8 +81,13 @@ fn start(dir: &Path, port: u16, grace: &str, hold_ms: u64, setup: Setup) -> Chil
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env(METRICS_HOLD_ENV, hold_ms.to_string())
+        .env("FLOWCAST_LOG", "info,flowcast::live=debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if setup.debug_log {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("flowcast starts");
     ChildGuard(child)
@@ -284,8 +292,19 @@ fn a_tick_in_flight_does_not_hold_the_exit_past_the_grace() {
         Setup {
             series: 1000,
             mc_passes: 1000,
+            debug_log: true,
         },
     );
+    // The log says when the first tick's inference starts (after the snapshot is restored).
+    let stderr = sidecar.0.stderr.take().expect("stderr piped");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains("inference started") {
+                let _ = started_tx.send(());
+            }
+        }
+    });
     // Listening, and the first tick (which starts at once) has not published yet.
     let deadline = Instant::now() + Duration::from_secs(10);
     let forecast = loop {
@@ -299,7 +318,9 @@ fn a_tick_in_flight_does_not_hold_the_exit_past_the_grace() {
         !forecast.contains("\"ready\":true"),
         "the first tick finished already; the test needs it in flight: {forecast}"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    started_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first tick's inference started within 30 s");
     let (_, body) = get(port, "/api/v1/forecast").expect("still serving");
     assert!(
         !String::from_utf8_lossy(&body).contains("\"ready\":true"),
