@@ -1,19 +1,46 @@
 //! flowcast: a Prometheus sidecar that forecasts a service's request rate 5–15 minutes
 //! ahead with a calibrated uncertainty band.
 //!
-//! Data flow (the same core runs in `run`, `demo` and `backtest`):
+//! Data flow (the same engine runs in `run`, `demo` and `backtest`):
 //!
 //! ```text
-//! scrape ─▶ exposition (parse, select) ─▶ history (counter → 1-min rates → ring buffer
-//!   → 5-min peak steps) ─▶ features (scale-free window) ─▶ model (one batched tract run:
-//!   series × Monte-Carlo passes) ─▶ band (u1, u2, u3, calibration) ─▶ metrics / server
+//! source (scrape ─▶ exposition ─▶ selector, or a PromQL query) ─▶ engine: history
+//!   (counter → 1-min rates → ring buffer → 5-min peak steps) ─▶ features ─▶ model (one
+//!   batched tract run: series × Monte-Carlo passes) ─▶ band (u1, u2, u3, calibration)
+//!   ─▶ shared (tick report) ─▶ metrics / server
 //! ```
 //!
-//! Modules: [`config`] and [`cli`] parse settings at the edge; [`scrape`] fetches;
-//! [`exposition`] parses; [`history`] keeps fixed-size per-series state; [`features`] owns
-//! the model contract; [`model`] is the only module that imports tract; [`band`] turns
-//! model outputs into calibrated intervals; [`pipeline`] runs a tick; [`state`] snapshots what it learnt; [`pages`] gives start-up code back to the system; [`metrics`] names
-//! every metric; [`server`] serves them; [`sidecar`], [`demo`] and [`backtest`] are drivers.
+//! The modules, and what each owns:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`cli`] | the command line (clap) and a command's exit code ([`cli::Failure`]) |
+//! | [`config`] | file + env + flags → one validated [`config::Config`]; every default and limit |
+//! | [`sidecar`] | assembling and stopping `flowcast run`; `check-config` |
+//! | [`live`] | the live loop: poll, forecast and snapshot intervals, a tick on blocking threads |
+//! | [`clock`] | Unix time for async code: the wall clock, or tokio's clock in tests |
+//! | [`source`] | what one poll of the app or of Prometheus records; the backfill |
+//! | [`backoff`] | back-off with jitter and the circuit breaker of a failing source |
+//! | [`scrape`] | HTTP fetches: timeout, byte cap, status, TLS and credentials |
+//! | [`promapi`] | the Prometheus HTTP API client (`query`, `query_range`) |
+//! | [`exposition`] | parsing text 0.0.4 and OpenMetrics 1.0 bodies into samples |
+//! | [`selector`] | the PromQL-style selector language: parser and matcher |
+//! | [`shard`] | `--shard I/N`: which series this replica owns (Prometheus's `hashmod`) |
+//! | [`engine`] | the synchronous core: record, prepare, infer, band, judge; snapshot and restore |
+//! | [`history`] | per-series ring buffers of 1-minute rates, the series cap |
+//! | [`features`] | the model's input contract: steps → scale-free window |
+//! | [`model`] | the only importer of tract: load, check against the card, batched MC passes |
+//! | [`band`] | u1/u2/u3 → calibrated interval; the online calibration per series |
+//! | [`shared`] | what the server reads: the latest tick's reports, capacity signals, readiness |
+//! | [`metrics`] | every metric's name, help and unit |
+//! | [`gauge_table`] | the per-series gauge table and the `/metrics` text/gzip encoding |
+//! | [`server`] | hyper: `/metrics`, `/healthz`, `/readyz`, `/`, `/api/v1/forecast` |
+//! | [`state`] | the `--state-dir` snapshot file format: write, read, vet |
+//! | [`pages`] | giving start-up code pages back to the system (the one `unsafe` call) |
+//! | [`faults`] | scripted faults for tests, compiled only with the `fault-injection` feature |
+//! | [`demo`] | `flowcast demo`: a synthetic app and the real sidecar on loopback |
+//! | [`backtest`] | `flowcast backtest`: replay a CSV on a simulated clock, score, plot |
+//! | [`bench`] | `flowcast bench`: timed ticks of synthetic series, and the soak |
 
 pub mod backoff;
 pub mod backtest;
@@ -42,3 +69,28 @@ pub mod shared;
 pub mod sidecar;
 pub mod source;
 pub mod state;
+
+#[cfg(test)]
+mod tests {
+    /// Every module has its line in the map above, and the map names no other.
+    #[test]
+    fn the_module_map_names_every_module() {
+        let lib = include_str!("lib.rs");
+        let declared: Vec<&str> = lib
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub mod "))
+            .filter_map(|l| l.strip_suffix(';'))
+            .collect();
+        let mapped: Vec<&str> = lib
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | [`"))
+            .filter_map(|l| l.split_once("`]").map(|(name, _)| name))
+            .collect();
+        assert!(declared.len() > 20, "{declared:?}");
+        let mut a = declared.clone();
+        let mut b = mapped.clone();
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b, "modules declared vs mapped");
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! Owns an explicit `prometheus::Registry` (never the global one) for the process's own
 //! counters and histograms, and the per-series gauge families, which live in a
-//! [`SeriesTable`] ([`crate::gauge_table`] holds that machinery and the `/metrics`
+//! `SeriesTable` ([`crate::gauge_table`] holds that machinery and the `/metrics`
 //! encoding). Per-series gauges carry `series`, then the configured `by` labels, then
 //! `horizon` or `component` where they apply. When a series is not ready its forecast
 //! gauges are removed, never set to 0 or NaN (SPEC.md). It must not compute anything: the
@@ -430,7 +430,7 @@ impl Metrics {
     }
 
     /// Re-encodes the per-series gauges if they changed since the last encoding (see
-    /// [`SeriesTable::refresh`]). The live loop calls it after publishing a tick, so
+    /// `gauge_table::SeriesTable::refresh`). The live loop calls it after publishing a tick, so
     /// requests find it ready.
     pub fn refresh_series(&self) -> SeriesText {
         self.table.refresh()
@@ -449,7 +449,7 @@ impl Metrics {
     }
 
     /// The `/metrics` body in `format`, gzipped or not, as chunks to send in order (see
-    /// [`SeriesTable::exposition`]).
+    /// `gauge_table::SeriesTable::exposition`).
     pub fn exposition(&self, format: ExpositionFormat, gzip: bool) -> Exposition {
         self.table.exposition(self.encode_own(format), format, gzip)
     }
