@@ -398,27 +398,34 @@ pub fn tick_seed(seed: u64, origin: i64) -> u64 {
     tick_seed_mix(seed ^ (origin as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
+/// An engine on the embedded model with a calibrated band, for tests: `max_series`
+/// series, a 2-minute gap limit.
+#[cfg(test)]
+pub(crate) fn test_engine(mc_passes: usize, seed: u64, max_series: usize) -> Engine {
+    let model = Arc::new(Model::embedded().expect("embedded model loads"));
+    Engine::new(
+        model,
+        EngineSettings {
+            mc_passes,
+            seed,
+            band: BandMode::Calibrated,
+            limits: SeriesLimits {
+                max_series,
+                max_children: 100,
+                max_gap_seconds: 120.0,
+                shard: None,
+            },
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::{self, Snapshot};
 
     fn engine() -> Engine {
-        let model = Arc::new(Model::embedded().expect("embedded model loads"));
-        Engine::new(
-            model,
-            EngineSettings {
-                mc_passes: 8,
-                seed: 7,
-                band: BandMode::Calibrated,
-                limits: SeriesLimits {
-                    max_series: 10,
-                    max_children: 100,
-                    max_gap_seconds: 120.0,
-                    shard: None,
-                },
-            },
-        )
+        test_engine(8, 7, 10)
     }
 
     fn feed(e: &mut Engine, from: i64, to: i64) {
@@ -515,21 +522,7 @@ mod staleness_tests {
     /// numbers forever, never NaN.
     #[test]
     fn forecasts_stop_when_the_history_goes_stale() {
-        let model = Arc::new(Model::embedded().expect("model"));
-        let mut engine = Engine::new(
-            model,
-            EngineSettings {
-                mc_passes: 4,
-                seed: 1,
-                band: BandMode::Calibrated,
-                limits: SeriesLimits {
-                    max_series: 2,
-                    max_children: 4,
-                    max_gap_seconds: 120.0,
-                    shard: None,
-                },
-            },
-        );
+        let mut engine = test_engine(4, 1, 2);
         let metrics = Metrics::new("flowcast", &[]).expect("metrics");
         let shared = Shared::new(metrics, "api".into(), Vec::new());
         let last = 28_000_000_i64; // the last minute with data

@@ -280,11 +280,8 @@ pub async fn forecast_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::band::BandMode;
-    use crate::engine::EngineSettings;
-    use crate::history::{SeriesLimits, MINUTE_SECONDS};
+    use crate::history::MINUTE_SECONDS;
     use crate::metrics::Metrics;
-    use crate::model::Model;
 
     /// A source that records one rate for the minute that just ended at every poll, and
     /// fails while `failing` says so; it counts its polls.
@@ -319,21 +316,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_loop_keeps_its_intervals_on_the_injected_clock() {
         let start = 1_700_000_000.0_f64; // 22:13:20 UTC
-        let model = Arc::new(Model::embedded().expect("model"));
-        let mut engine = Engine::new(
-            model,
-            EngineSettings {
-                mc_passes: 4,
-                seed: 1,
-                band: BandMode::Calibrated,
-                limits: SeriesLimits {
-                    max_series: 1,
-                    max_children: 1,
-                    max_gap_seconds: 120.0,
-                    shard: None,
-                },
-            },
-        );
+        let mut engine = crate::engine::test_engine(4, 1, 1);
         let first_minute = (start as i64).div_euclid(MINUTE_SECONDS);
         for m in first_minute - 240..first_minute {
             engine.record_rate(&[], m, 40.0);
