@@ -58,7 +58,8 @@ fn main() {
         EngineSettings {
             mc_passes: passes,
             seed: 1,
-            band: flowcast::band::BandMode::Calibrated,
+            band: flowcast::band::BandMode::default(),
+            experts: flowcast::combine::ExpertSet::ALL,
             limits: flowcast::history::SeriesLimits {
                 max_series: series,
                 max_children: series,

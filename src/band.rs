@@ -59,22 +59,50 @@ pub struct PassOutputs {
     pub u2_sq: [f64; HORIZON_STEPS],
 }
 
-/// Which uncertainty terms make up the band: the study's ablation (METHOD.md §4–5).
+/// How the band is made: the shipped combination, or the study's model alone (the
+/// ablation of METHOD.md §4–5 and models/README.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BandMode {
-    /// u1 + u2 with z = 1.96 ("UN2").
+    /// The LSTM alone: u1 + u2 with z = 1.96 ("UN2").
     Un2,
-    /// u1 + u2 + u3 with z = 1.96 ("UN3").
+    /// The LSTM alone: u1 + u2 + u3 with z = 1.96 ("UN3").
     Un3,
-    /// u1 + u2 + u3 with adaptive per-side multipliers (shipped default).
-    #[default]
+    /// The LSTM alone: u1 + u2 + u3 with adaptive per-side multipliers (the band until
+    /// issue #15).
     Calibrated,
+    /// Centred on the online combination of the LSTM and the statistical experts
+    /// ([`crate::combine`]), in the combination's log space: u3 (learnt per hour from the
+    /// combination's own errors) with adaptive per-side multipliers (shipped default).
+    #[default]
+    Combined,
+    /// The same centre with the study's whole shape: the LSTM's u1 and u2 (mapped into the
+    /// combination's space) + u3, adaptive multipliers. Kept for the ablation.
+    #[serde(rename = "combined-un3")]
+    CombinedUn3,
+}
+
+impl BandMode {
+    /// Whether the centre is the combination (else the LSTM's own mean).
+    pub fn is_combined(self) -> bool {
+        matches!(self, Self::Combined | Self::CombinedUn3)
+    }
+
+    /// The name in configuration and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Un2 => "un2",
+            Self::Un3 => "un3",
+            Self::Calibrated => "calibrated",
+            Self::Combined => "combined",
+            Self::CombinedUn3 => "combined-un3",
+        }
+    }
 }
 
 /// A band mode name that is not `un2`, `un3` or `calibrated`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown band mode {0:?} (expected un2, un3 or calibrated)")]
+#[error("unknown band mode {0:?} (expected combined, combined-un3, calibrated, un3 or un2)")]
 pub struct UnknownBandMode(pub String);
 
 impl std::str::FromStr for BandMode {
@@ -84,6 +112,8 @@ impl std::str::FromStr for BandMode {
             "un2" => Ok(Self::Un2),
             "un3" => Ok(Self::Un3),
             "calibrated" => Ok(Self::Calibrated),
+            "combined" => Ok(Self::Combined),
+            "combined-un3" => Ok(Self::CombinedUn3),
             other => Err(UnknownBandMode(other.to_string())),
         }
     }
@@ -211,12 +241,17 @@ impl Calibrator {
             let target_start = origin + STEP_SECONDS * h as i64;
             let u3_sq = match self.mode {
                 BandMode::Un2 => 0.0,
-                BandMode::Un3 | BandMode::Calibrated => self.u3_sq(h, target_start),
+                BandMode::Un3
+                | BandMode::Calibrated
+                | BandMode::Combined
+                | BandMode::CombinedUn3 => self.u3_sq(h, target_start),
             };
             let var = out.u1_sq[h] + out.u2_sq[h] + u3_sq;
             let sigma = var.sqrt();
             let (k_lo, k_hi) = match self.mode {
-                BandMode::Calibrated => (self.k_lower[h], self.k_upper[h]),
+                BandMode::Calibrated | BandMode::Combined | BandMode::CombinedUn3 => {
+                    (self.k_lower[h], self.k_upper[h])
+                }
                 BandMode::Un2 | BandMode::Un3 => (1.96, 1.96),
             };
             let mu = out.mean[h];

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::band::BandMode;
 use crate::cli::{BenchArgs, Failure};
+use crate::combine::ExpertSet;
 use crate::engine::{Engine, EngineSettings};
 use crate::history::{SeriesLimits, MINUTE_SECONDS, RING_MINUTES};
 use crate::metrics::{Metrics, MetricsError};
@@ -73,7 +74,8 @@ pub fn run(
         EngineSettings {
             mc_passes,
             seed: 1,
-            band: BandMode::Calibrated,
+            band: BandMode::default(),
+            experts: ExpertSet::ALL,
             limits: SeriesLimits {
                 max_series: series,
                 max_children: series,
@@ -153,7 +155,8 @@ pub fn soak(
         EngineSettings {
             mc_passes,
             seed: 2,
-            band: BandMode::Calibrated,
+            band: BandMode::default(),
+            experts: ExpertSet::ALL,
             limits: SeriesLimits {
                 max_series: series,
                 max_children: series * 8,

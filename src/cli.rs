@@ -149,9 +149,17 @@ pub struct BacktestArgs {
     /// Monte-Carlo passes per forecast (the sidecar's default).
     #[arg(long, default_value_t = config::DEFAULT_MC_PASSES)]
     pub mc_passes: usize,
-    /// Band: calibrated (default), un3 or un2.
-    #[arg(long, default_value = "calibrated")]
+    /// Band: combined (default: the LSTM and the statistical experts), combined-un3, or
+    /// the LSTM alone: calibrated, un3 or un2.
+    #[arg(long, default_value = "combined")]
     pub band: crate::band::BandMode,
+    /// Experts of the combination, comma-separated (default: all of lstm, persistence,
+    /// holt, day_ago, week_ago, mean_1h, mean_3h, mean_1d).
+    #[arg(
+        long,
+        default_value = "lstm,persistence,holt,day_ago,week_ago,mean_1h,mean_3h,mean_1d"
+    )]
+    pub experts: crate::combine::ExpertSet,
     /// Write an SVG plot of the observed series and the band.
     #[arg(long)]
     pub plot: Option<PathBuf>,

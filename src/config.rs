@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::band::BandMode;
+use crate::combine::ExpertSet;
 use crate::metrics::RESERVED_LABELS;
 use crate::scrape::HttpAuth;
 use crate::selector::Selector;
@@ -184,9 +185,16 @@ pub struct FileConfig {
     /// Prefix of every exported metric name. Default: `flowcast`.
     #[arg(long, env = "FLOWCAST_METRIC_PREFIX")]
     pub metric_prefix: Option<String>,
-    /// Band: `calibrated` (default), or the study's raw `un3` / `un2` for comparison.
+    /// Band: `combined` (default: centred on the online combination of the LSTM and the
+    /// statistical experts), or for comparison `combined-un3` (the same centre with the
+    /// study's u1+u2+u3 width) or the LSTM alone: `calibrated`, the study's raw `un3` / `un2`.
     #[arg(long, env = "FLOWCAST_BAND")]
     pub band: Option<String>,
+    /// Experts of the combination (repeat the flag, or comma-separate in the environment
+    /// variable): any of `lstm`, `persistence`, `holt`, `day_ago`, `week_ago`, `mean_1h`,
+    /// `mean_3h`, `mean_1d`. Default: all.
+    #[arg(long, env = "FLOWCAST_EXPERTS", value_delimiter = ',')]
+    pub experts: Option<Vec<String>>,
 }
 
 /// Where the request rates come from.
@@ -296,6 +304,8 @@ pub struct Config {
     pub metric_prefix: String,
     /// Band mode.
     pub band: BandMode,
+    /// Experts of the combination.
+    pub experts: ExpertSet,
 }
 
 /// A configuration problem, naming the key (or file) and the reason.
@@ -407,6 +417,7 @@ impl FileConfig {
             seed: inference.seed,
             metric_prefix: server.metric_prefix,
             band: inference.band,
+            experts: inference.experts,
         })
     }
 
@@ -668,7 +679,8 @@ impl FileConfig {
         })
     }
 
-    /// The inference section: `mc_passes`, `model` and `model_card`, `seed`, `band`.
+    /// The inference section: `mc_passes`, `model` and `model_card`, `seed`, `band`,
+    /// `experts`.
     fn inference(&self) -> Result<InferenceSection, ConfigError> {
         let mc_passes = self.mc_passes.unwrap_or(DEFAULT_MC_PASSES);
         if !MC_PASSES_RANGE.contains(&mc_passes) {
@@ -690,11 +702,19 @@ impl FileConfig {
                 .parse()
                 .map_err(|e: crate::band::UnknownBandMode| invalid("band", e.to_string()))?,
         };
+        let experts = match &self.experts {
+            None => ExpertSet::ALL,
+            Some(list) => list
+                .join(",")
+                .parse()
+                .map_err(|e: crate::combine::ExpertListError| invalid("experts", e.to_string()))?,
+        };
         Ok(InferenceSection {
             mc_passes,
             model,
             seed: self.seed.unwrap_or(0),
             band,
+            experts,
         })
     }
 
@@ -805,6 +825,7 @@ struct InferenceSection {
     model: ModelSource,
     seed: u64,
     band: BandMode,
+    experts: ExpertSet,
 }
 
 /// Validated state settings.
@@ -826,7 +847,7 @@ impl Config {
     /// What a state snapshot must have been taken with to be restored here: the source,
     /// the `by` labels, the band mode and the shard (another shard holds other series).
     pub fn state_identity(&self) -> String {
-        let base = crate::state::identity(&self.source.describe(), &self.by, self.band);
+        let base = crate::state::identity(&self.source.describe(), &self.by);
         match self.shard {
             Some(shard) => format!("{base};shard={shard}"),
             None => base,

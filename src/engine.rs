@@ -8,8 +8,9 @@
 
 use std::sync::Arc;
 
-use crate::band::{BandMode, Calibrator, Judgement, PassOutputs};
-use crate::features::{self, NotReady, WINDOW_STEPS};
+use crate::band::{BandMode, Calibrator, Forecast, Judgement, PassOutputs};
+use crate::combine::{Combiner, ExpertSet};
+use crate::features::{self, NotReady, HORIZON_STEPS, WINDOW_STEPS};
 use crate::history::{MinuteRing, SeriesLimits, SeriesSet, MINUTE_SECONDS, STEP_SECONDS};
 use crate::model::{Model, ModelError};
 use crate::shared::{SeriesReport, TickReport};
@@ -22,8 +23,10 @@ pub struct EngineSettings {
     pub mc_passes: usize,
     /// Seed of the dropout masks; each tick's stream is derived from it and the origin.
     pub seed: u64,
-    /// Which uncertainty terms make the band.
+    /// How the band is made (the combination, or the LSTM alone for the ablation).
     pub band: BandMode,
+    /// The experts combined with [`BandMode::Combined`].
+    pub experts: ExpertSet,
     /// Series caps and the longest usable scrape gap.
     pub limits: SeriesLimits,
 }
@@ -89,18 +92,77 @@ pub enum RestoreError {
     },
 }
 
+/// What the engine has learnt about one series, beside its minute history.
+#[derive(Debug, Clone)]
+struct Learnt {
+    /// The band's online calibration.
+    calibrator: Calibrator,
+    /// How the forecast for the latest step fared.
+    judgement: Option<Judgement>,
+    /// The last positive window scale: the unit of an all-zero window.
+    zero_scale: f64,
+    /// The app's mean request latency in seconds, when known.
+    latency: Option<f64>,
+    /// The online combination: a week of steps, the experts' losses.
+    combiner: Combiner,
+}
+
+impl Learnt {
+    /// The band at `origin` from the model's outputs: around the LSTM's own mean (the
+    /// ablation's modes), or around the combination of the LSTM and the experts in the
+    /// combination's log space. u1 and u2 are always reported as the LSTM gave them (req/s
+    /// at its mean), whether or not they widen the band.
+    fn forecast(
+        &mut self,
+        settings: &EngineSettings,
+        origin: i64,
+        input: &features::ModelInput,
+        out: &PassOutputs,
+    ) -> Forecast {
+        let s = input.scale;
+        let lstm: [f64; HORIZON_STEPS] = std::array::from_fn(|h| features::from_z(out.mean[h], s));
+        let combined = settings
+            .band
+            .is_combined()
+            .then(|| self.combiner.combine(origin, lstm, s, settings.experts))
+            .flatten();
+        let Some(c) = combined else {
+            return self.calibrator.forecast(origin, s, out);
+        };
+        // The study's shape maps the LSTM's σ from its space (scale s) into the
+        // combination's (scale S) at the LSTM's mean: dζ/dz = (s + m) / (S + m).
+        let study = settings.band == BandMode::CombinedUn3;
+        let mapped = |u_sq: f64, h: usize| {
+            let f = (s + lstm[h]) / (c.scale + lstm[h]);
+            if study {
+                u_sq * f * f
+            } else {
+                0.0
+            }
+        };
+        let centred = PassOutputs {
+            mean: c.centre,
+            u1_sq: std::array::from_fn(|h| mapped(out.u1_sq[h], h)),
+            u2_sq: std::array::from_fn(|h| mapped(out.u2_sq[h], h)),
+        };
+        let mut forecast = self.calibrator.forecast(origin, c.scale, &centred);
+        for (h, interval) in forecast.horizons.iter_mut().enumerate() {
+            let per_z = features::value_per_z(out.mean[h], s);
+            interval.components[0] = out.u1_sq[h].sqrt() * per_z;
+            interval.components[1] = out.u2_sq[h].sqrt() * per_z;
+        }
+        forecast
+    }
+}
+
 /// The synchronous core shared by every driver.
 #[derive(Debug)]
 pub struct Engine {
     model: Arc<Model>,
     settings: EngineSettings,
     set: SeriesSet,
-    calibrators: Vec<Calibrator>,
-    judgements: Vec<Option<Judgement>>,
-    /// Per series, the last positive window scale: the unit of an all-zero window.
-    zero_scales: Vec<f64>,
-    /// Per series, the app's mean request latency in seconds, when known.
-    latencies: Vec<Option<f64>>,
+    /// Per series, in the set's order.
+    learnt: Vec<Learnt>,
 }
 
 impl Engine {
@@ -110,10 +172,21 @@ impl Engine {
             set: SeriesSet::new(settings.limits),
             model,
             settings,
-            calibrators: Vec::new(),
-            judgements: Vec::new(),
-            zero_scales: Vec::new(),
-            latencies: Vec::new(),
+            learnt: Vec::new(),
+        }
+    }
+
+    /// A fresh [`Learnt`] for every series the set admitted since the last call.
+    fn learn_new_series(&mut self) {
+        let prior = &self.model.card().calibration_prior;
+        while self.learnt.len() < self.set.series().len() {
+            self.learnt.push(Learnt {
+                calibrator: Calibrator::new(prior, self.settings.band),
+                judgement: None,
+                zero_scale: features::ZERO_SCALE_FALLBACK,
+                latency: None,
+                combiner: Combiner::default(),
+            });
         }
     }
 
@@ -176,11 +249,22 @@ impl Engine {
     /// Sets the app's mean latency (seconds) of the series with this key, if it exists.
     pub fn set_latency(&mut self, key: &[String], seconds: f64) {
         if let Some(i) = self.set.find(key) {
-            if self.latencies.len() <= i {
-                self.latencies.resize(i + 1, None);
-            }
-            self.latencies[i] = (seconds.is_finite() && seconds >= 0.0).then_some(seconds);
+            self.learn_new_series();
+            self.learnt[i].latency = (seconds.is_finite() && seconds >= 0.0).then_some(seconds);
         }
+    }
+
+    /// Records the value (req/s, the peak 1-minute rate) of the 5-minute window starting at
+    /// `start` in the combination's week of steps, for history older than the minute ring
+    /// (a backfill's earlier days). Windows must come oldest first; returns `false` when
+    /// the series cap refuses the series.
+    pub fn record_step(&mut self, key: &[String], start: i64, value: f64) -> bool {
+        let Some(i) = self.set.series_index(key) else {
+            return false;
+        };
+        self.learn_new_series();
+        self.learnt[i].combiner.observe(start, value);
+        true
     }
 
     /// Reads the history at `origin` (unix seconds, rounded down to a minute): completes
@@ -188,20 +272,19 @@ impl Engine {
     pub fn prepare(&mut self, origin: i64) -> Prepared {
         let origin = origin.div_euclid(MINUTE_SECONDS) * MINUTE_SECONDS;
         self.set.flush_until(origin as f64);
-        self.zero_scales
-            .resize(self.set.series().len(), features::ZERO_SCALE_FALLBACK);
+        self.learn_new_series();
         let views = self
             .set
             .series()
             .iter()
-            .zip(self.zero_scales.iter_mut())
+            .zip(self.learnt.iter_mut())
             .enumerate()
-            .map(|(index, (series, zero_scale))| {
+            .map(|(index, (series, learnt))| {
                 let mut steps = [None; WINDOW_STEPS];
                 series.ring.step_values(origin, &mut steps);
-                let input = features::model_input(&steps, origin, *zero_scale);
+                let input = features::model_input(&steps, origin, learnt.zero_scale);
                 if let Ok(i) = &input {
-                    *zero_scale = i.scale;
+                    learnt.zero_scale = i.scale;
                 }
                 SeriesView {
                     index,
@@ -222,24 +305,28 @@ impl Engine {
     /// Scores the forecasts whose targets completed by the tick's origin, then turns the
     /// model's outputs (one per ready series, in order) into bands.
     pub fn finish(&mut self, prepared: Prepared, outputs: &[PassOutputs]) -> TickReport {
-        let prior = &self.model.card().calibration_prior;
-        while self.calibrators.len() < self.set.series().len() {
-            self.calibrators
-                .push(Calibrator::new(prior, self.settings.band));
-            self.judgements.push(None);
-        }
+        self.learn_new_series();
         let origin = prepared.origin;
+        let settings = self.settings;
         let mut outputs = outputs.iter();
         let mut reports = Vec::with_capacity(prepared.views.len());
         for view in prepared.views {
-            let i = view.index;
+            let learnt = &mut self.learnt[view.index];
+            // The combination learns every window on the grid that completed since it last
+            // looked (after a restart, all of the window), oldest first.
+            for (k, v) in view.steps.iter().enumerate() {
+                if let Some(v) = v {
+                    let start = origin - STEP_SECONDS * (WINDOW_STEPS - k) as i64;
+                    learnt.combiner.observe(start, *v);
+                }
+            }
             // Score every step that completed since the last tick, oldest first (a source
             // whose data arrive late completes steps behind the newest position).
             for k in (WINDOW_STEPS - 3)..WINDOW_STEPS {
                 if let Some(v) = view.steps[k] {
                     let start = origin - STEP_SECONDS * (WINDOW_STEPS - k) as i64;
-                    if let Some(j) = self.calibrators[i].observe(start, v) {
-                        self.judgements[i] = Some(j);
+                    if let Some(j) = learnt.calibrator.observe(start, v) {
+                        learnt.judgement = Some(j);
                     }
                 }
             }
@@ -247,13 +334,10 @@ impl Engine {
                 &view.input,
                 view.input.is_ok().then(|| outputs.next()).flatten(),
             ) {
-                (Ok(input), Some(out)) => {
-                    Some(self.calibrators[i].forecast(origin, input.scale, out))
-                }
+                (Ok(input), Some(out)) => Some(learnt.forecast(&settings, origin, input, out)),
                 _ => None,
             };
-            let judgement = self.judgements[i];
-            let rolling = self.calibrators[i].rolling();
+            let rolling = learnt.calibrator.rolling();
             reports.push(SeriesReport {
                 key: view.key,
                 ready: forecast.is_some(),
@@ -270,13 +354,15 @@ impl Engine {
                     .flatten()
                     .next()
                     .copied(),
-                anomaly_score: judgement.map(|j| j.anomaly_score),
-                out_of_band: judgement.map(|j| j.out_of_band),
+                anomaly_score: learnt.judgement.map(|j| j.anomaly_score),
+                out_of_band: learnt.judgement.map(|j| j.out_of_band),
                 band_coverage: std::array::from_fn(|h| rolling[h].coverage),
                 error_ratio: std::array::from_fn(|h| rolling[h].error_ratio),
+                experts: (settings.band.is_combined() && forecast.is_some())
+                    .then(|| learnt.combiner.skill(settings.experts)),
                 forecast,
                 recent_steps: view.steps.to_vec(),
-                mean_latency_seconds: self.latencies.get(i).copied().flatten(),
+                mean_latency_seconds: learnt.latency,
             });
         }
         TickReport {
@@ -294,17 +380,15 @@ impl Engine {
             .enumerate()
             .map(|(i, s)| {
                 let (newest_minute, rates) = s.ring.to_parts();
+                let learnt = self.learnt.get(i);
                 state::SeriesState {
                     key: s.key.clone(),
                     newest_minute,
                     rates,
-                    zero_scale: self
-                        .zero_scales
-                        .get(i)
-                        .copied()
-                        .unwrap_or(features::ZERO_SCALE_FALLBACK),
-                    calibrator: self.calibrators.get(i).cloned(),
-                    judgement: self.judgements.get(i).copied().flatten(),
+                    zero_scale: learnt.map_or(features::ZERO_SCALE_FALLBACK, |l| l.zero_scale),
+                    calibrator: learnt.map(|l| l.calibrator.clone()),
+                    judgement: learnt.and_then(|l| l.judgement),
+                    combiner: learnt.map(|l| l.combiner.clone()),
                 }
             })
             .collect();
@@ -313,13 +397,16 @@ impl Engine {
             config,
             saved_at,
             series,
+            migrated_from: None,
         }
     }
 
     /// Restores a snapshot into an engine that has seen no data yet. Every series is
     /// checked first; one bad entry refuses the whole snapshot (it was written by this
-    /// code, so a bad entry means the file cannot be trusted). Returns the series restored
-    /// (at most `max_series`). `key_len` is the number of `by` labels.
+    /// code, so a bad entry means the file cannot be trusted). A calibrator learnt for
+    /// another band mode is not used (the series starts its calibration again from the
+    /// prior). Returns the series restored (at most `max_series`). `key_len` is the number
+    /// of `by` labels.
     pub fn restore(
         &mut self,
         snapshot: state::Snapshot,
@@ -344,27 +431,34 @@ impl Engine {
             }
             if let Some(c) = &s.calibrator {
                 c.check().map_err(&bad)?;
-                if c.mode() != self.settings.band {
-                    return Err(bad("calibrator of another band mode"));
-                }
+            }
+            if let Some(c) = &s.combiner {
+                c.check().map_err(&bad)?;
             }
             if s.judgement.is_some_and(|j| !j.anomaly_score.is_finite()) {
                 return Err(bad("anomaly score not finite"));
             }
-            checked.push((s.key, ring, s.zero_scale, s.calibrator, s.judgement));
+            checked.push((ring, s));
         }
         let prior = &self.model.card().calibration_prior;
+        let band = self.settings.band;
         let mut restored = 0;
-        for (key, ring, zero_scale, calibrator, judgement) in checked {
-            let Some(i) = self.set.series_index(&key) else {
+        for (ring, s) in checked {
+            let Some(i) = self.set.series_index(&s.key) else {
                 break;
             };
             self.set.series_mut()[i].ring = ring;
-            self.zero_scales.push(zero_scale);
-            self.calibrators
-                .push(calibrator.unwrap_or_else(|| Calibrator::new(prior, self.settings.band)));
-            self.judgements.push(judgement);
-            debug_assert_eq!(self.calibrators.len(), i + 1);
+            self.learnt.push(Learnt {
+                calibrator: s
+                    .calibrator
+                    .filter(|c| c.mode() == band)
+                    .unwrap_or_else(|| Calibrator::new(prior, band)),
+                judgement: s.judgement,
+                zero_scale: s.zero_scale,
+                latency: None,
+                combiner: s.combiner.unwrap_or_default(),
+            });
+            debug_assert_eq!(self.learnt.len(), i + 1);
             restored += 1;
         }
         Ok(restored)
@@ -398,8 +492,8 @@ pub fn tick_seed(seed: u64, origin: i64) -> u64 {
     tick_seed_mix(seed ^ (origin as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// An engine on the embedded model with a calibrated band, for tests: `max_series`
-/// series, a 2-minute gap limit.
+/// An engine on the embedded model with the shipped band (the combination), for tests:
+/// `max_series` series, a 2-minute gap limit.
 #[cfg(test)]
 pub(crate) fn test_engine(mc_passes: usize, seed: u64, max_series: usize) -> Engine {
     let model = Arc::new(Model::embedded().expect("embedded model loads"));
@@ -408,7 +502,8 @@ pub(crate) fn test_engine(mc_passes: usize, seed: u64, max_series: usize) -> Eng
         EngineSettings {
             mc_passes,
             seed,
-            band: BandMode::Calibrated,
+            band: BandMode::default(),
+            experts: ExpertSet::ALL,
             limits: SeriesLimits {
                 max_series,
                 max_children: 100,

@@ -30,6 +30,7 @@
 //! | [`history`] | per-series ring buffers of 1-minute rates, the series cap |
 //! | [`features`] | the model's input contract: steps → scale-free window |
 //! | [`model`] | the only importer of tract: load, check against the card, batched MC passes |
+//! | [`combine`] | the online combination: a week of steps, the experts and their weights |
 //! | [`band`] | u1/u2/u3 → calibrated interval; the online calibration per series |
 //! | [`shared`] | what the server reads: the latest tick's reports, capacity signals, readiness |
 //! | [`metrics`] | every metric's name, help and unit |
@@ -48,6 +49,7 @@ pub mod band;
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod combine;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -43,6 +43,9 @@ pub struct SeriesReport {
     pub recent_steps: Vec<Option<f64>>,
     /// The app's mean request latency in seconds, when a latency histogram is read.
     pub mean_latency_seconds: Option<f64>,
+    /// The experts' weights and skill, when the band is the combination's.
+    #[serde(skip)]
+    pub experts: Option<crate::combine::Skill>,
 }
 
 /// Everything one tick produced.

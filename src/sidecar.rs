@@ -80,6 +80,7 @@ impl Sidecar {
                 mc_passes: config.mc_passes,
                 seed: config.seed,
                 band: config.band,
+                experts: config.experts,
                 limits,
             },
         );

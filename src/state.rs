@@ -12,6 +12,9 @@
 //! * **Never fatal on read**: a missing, unreadable, truncated, corrupt, foreign-version,
 //!   other-model or other-config snapshot is a [`StateError`] that the caller logs before
 //!   starting empty.
+//! * **Versions**: a version-1 snapshot (minute rings and the LSTM-alone calibration, from
+//!   before the online combination) is read and migrated ([`Snapshot::migrated_from`]):
+//!   the history is kept and the engine learns the rest again.
 //!
 //! The engine turns itself into a [`Snapshot`] and back (`Engine::snapshot`,
 //! `Engine::restore`); this module only checks identity and bytes.
@@ -23,11 +26,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::band::{Calibrator, Judgement};
+use crate::combine::Combiner;
 
 /// The snapshot's file name inside the state directory.
 pub const FILE_NAME: &str = "flowcast.state";
-/// The file format version written by this build.
-pub const VERSION: u32 = 1;
+/// The file format version written by this build. Version 1 (before the combination) is
+/// still read, and migrated: its minute history is kept, the combination starts afresh.
+pub const VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"FLOWCAST";
 const HEADER_LEN: usize = 8 + 4 + 4 + 8;
 /// Largest payload read back: far above 10,000 series (about 2 KiB each), far below
@@ -45,6 +50,10 @@ pub struct Snapshot {
     pub saved_at: f64,
     /// One entry per series.
     pub series: Vec<SeriesState>,
+    /// The format version the file was written in, when it was an older one that this
+    /// build migrated on read.
+    #[serde(skip)]
+    pub migrated_from: Option<u32>,
 }
 
 /// One series' history and calibration.
@@ -62,13 +71,75 @@ pub struct SeriesState {
     pub calibrator: Option<Calibrator>,
     /// The latest judgement (anomaly score, out of band), if any.
     pub judgement: Option<Judgement>,
+    /// The online combination (a week of steps, the experts' losses); version 2 on.
+    pub combiner: Option<Combiner>,
 }
 
 /// The identity of a configuration's series: a snapshot taken with another source
-/// (selector or query, see `Source::describe`), other `by` labels or another band mode
-/// holds numbers that mean something else.
-pub fn identity(source: &str, by: &[String], band: crate::band::BandMode) -> String {
-    format!("{source};by={};band={band:?}", by.join(","))
+/// (selector or query, see `Source::describe`) or other `by` labels holds numbers that mean
+/// something else. The band mode is not part of it: a calibrator records its own mode, and
+/// the engine starts the calibration of another mode again while keeping the history.
+pub fn identity(source: &str, by: &[String]) -> String {
+    format!("{source};by={}", by.join(","))
+}
+
+/// The version-1 payload, read only to migrate it.
+mod v1 {
+    use serde::Deserialize;
+
+    use crate::band::{Calibrator, Judgement};
+
+    #[derive(Deserialize)]
+    pub struct Snapshot {
+        pub model: u32,
+        pub config: String,
+        pub saved_at: f64,
+        pub series: Vec<SeriesState>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct SeriesState {
+        pub key: Vec<String>,
+        pub newest_minute: Option<i64>,
+        pub rates: Vec<f32>,
+        pub zero_scale: f64,
+        pub calibrator: Option<Calibrator>,
+        pub judgement: Option<Judgement>,
+    }
+
+    impl Snapshot {
+        /// The same in the current form: identity without the band (version 1 wrote
+        /// `;band=<Mode>` at its end), no combiner.
+        pub fn migrate(self) -> super::Snapshot {
+            let config = match self.config.rfind(";band=") {
+                Some(at) => {
+                    let rest = &self.config[at + 1..];
+                    let end = rest.find(';').map_or(self.config.len(), |e| at + 1 + e);
+                    format!("{}{}", &self.config[..at], &self.config[end..])
+                }
+                None => self.config,
+            };
+            super::Snapshot {
+                model: self.model,
+                config,
+                saved_at: self.saved_at,
+                series: self
+                    .series
+                    .into_iter()
+                    .map(|s| super::SeriesState {
+                        key: s.key,
+                        newest_minute: s.newest_minute,
+                        rates: s.rates,
+                        zero_scale: s.zero_scale,
+                        calibrator: s.calibrator,
+                        judgement: s.judgement,
+                        combiner: None,
+                    })
+                    .collect(),
+                migrated_from: Some(1),
+            }
+        }
+    }
 }
 
 /// Why a snapshot could not be written or was not restored.
@@ -94,7 +165,7 @@ pub enum StateError {
         reason: String,
     },
     /// Written by another format version.
-    #[error("{path}: snapshot format version {found}, this build reads {VERSION}")]
+    #[error("{path}: snapshot format version {found}, this build reads 1 and {VERSION}")]
     Version {
         /// The file.
         path: PathBuf,
@@ -142,9 +213,14 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
 /// Wraps an encoded payload in the header (magic, version, CRC, length). Public so that
 /// the fuzzer can reach the payload decoder with well-framed garbage.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
+    frame_version(payload, VERSION)
+}
+
+/// [`frame`] with another format version (tests of the migration write version 1).
+pub fn frame_version(payload: &[u8], version: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(payload);
@@ -168,7 +244,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Snapshot, StateError> {
         u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
     };
     let version = word(8);
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(StateError::Version {
             path: path.to_path_buf(),
             found: version,
@@ -187,7 +263,13 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Snapshot, StateError> {
     if crc32fast::hash(payload) != crc {
         return Err(corrupt("checksum mismatch"));
     }
-    postcard::from_bytes(payload).map_err(|e| corrupt(&format!("cannot decode: {e}")))
+    let undecodable = |e: postcard::Error| corrupt(&format!("cannot decode: {e}"));
+    if version == 1 {
+        return postcard::from_bytes::<v1::Snapshot>(payload)
+            .map(v1::Snapshot::migrate)
+            .map_err(undecodable);
+    }
+    postcard::from_bytes(payload).map_err(undecodable)
 }
 
 /// Reads the snapshot in `dir` and checks that it was learnt by this model and config.
@@ -272,7 +354,6 @@ pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<usize, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::band::BandMode;
     use crate::history::RING_MINUTES;
     use proptest::prelude::*;
 
@@ -282,11 +363,7 @@ mod tests {
         rates[4] = 0.0;
         Snapshot {
             model: 0xDEAD_BEEF,
-            config: identity(
-                "http_requests_total",
-                &["route".into()],
-                BandMode::Calibrated,
-            ),
+            config: identity("http_requests_total", &["route".into()]),
             saved_at: 1.7e9,
             series: vec![SeriesState {
                 key: vec!["/api/\"orders\"\n".into()],
@@ -295,7 +372,9 @@ mod tests {
                 zero_scale: 3.5,
                 calibrator: None,
                 judgement: None,
+                combiner: None,
             }],
+            migrated_from: None,
         }
     }
 
@@ -324,7 +403,7 @@ mod tests {
             matches!(e, StateError::Foreign { what: "model", .. }),
             "{e}"
         );
-        let e = read(&dir, s.model, "selector=x;by=;band=Calibrated").expect_err("other config");
+        let e = read(&dir, s.model, "selector=x;by=").expect_err("other config");
         assert!(
             matches!(e, StateError::Foreign { what: "config", .. }),
             "{e}"
@@ -380,6 +459,60 @@ mod tests {
         assert!(read(&dir, s.model, &s.config).is_ok());
         write(&dir, &s).expect("writes over the leftover");
         assert!(!dir.join(format!("{FILE_NAME}.tmp")).exists());
+    }
+
+    /// A version-1 file (written before the combination) is read and migrated: same
+    /// history and calibration, the band mode dropped from the identity (the shard kept),
+    /// no combiner yet.
+    #[test]
+    fn a_version_1_snapshot_is_migrated() {
+        #[derive(Serialize)]
+        struct SeriesV1 {
+            key: Vec<String>,
+            newest_minute: Option<i64>,
+            rates: Vec<f32>,
+            zero_scale: f64,
+            calibrator: Option<Calibrator>,
+            judgement: Option<Judgement>,
+        }
+        #[derive(Serialize)]
+        struct SnapshotV1 {
+            model: u32,
+            config: String,
+            saved_at: f64,
+            series: Vec<SeriesV1>,
+        }
+        let now = sample();
+        let old = SnapshotV1 {
+            model: now.model,
+            config: format!("{};band=Calibrated;shard=1/4", now.config),
+            saved_at: now.saved_at,
+            series: vec![SeriesV1 {
+                key: now.series[0].key.clone(),
+                newest_minute: now.series[0].newest_minute,
+                rates: now.series[0].rates.clone(),
+                zero_scale: 3.5,
+                calibrator: None,
+                judgement: None,
+            }],
+        };
+        let bytes = frame_version(&postcard::to_stdvec(&old).expect("encodes"), 1);
+        let back = decode(&bytes, Path::new("v1")).expect("migrated");
+        assert_eq!(back.migrated_from, Some(1));
+        assert_eq!(back.config, format!("{};shard=1/4", now.config));
+        assert!(back.series[0].combiner.is_none());
+        let mut expected = now.clone();
+        expected.config = back.config.clone();
+        assert!(same(&back, &expected));
+        // The current version is not mistaken for the old one, nor is anything else.
+        assert_eq!(
+            decode(&encode(&now), Path::new("v2"))
+                .expect("v2")
+                .migrated_from,
+            None
+        );
+        let e = decode(&frame_version(b"x", 3), Path::new("v3")).expect_err("v3");
+        assert_eq!(e.reason(), "version");
     }
 
     proptest! {

@@ -244,7 +244,8 @@ fn snapshots_never_panic() {
     let settings = EngineSettings {
         mc_passes: 4,
         seed: 1,
-        band: BandMode::Calibrated,
+        band: BandMode::default(),
+        experts: flowcast::combine::ExpertSet::ALL,
         limits: SeriesLimits {
             max_series: 4,
             max_children: 16,

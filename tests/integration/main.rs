@@ -254,7 +254,8 @@ fn forecasts_are_scale_free() {
     let settings = flowcast::engine::EngineSettings {
         mc_passes: 50,
         seed: 3,
-        band: flowcast::band::BandMode::Calibrated,
+        band: flowcast::band::BandMode::default(),
+        experts: flowcast::combine::ExpertSet::ALL,
         limits: flowcast::history::SeriesLimits {
             max_series: 1,
             max_children: 1,

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowcast::band::BandMode;
 use flowcast::selector::Selector;
 
 use flowcast::model::Model;
@@ -27,11 +26,7 @@ fn exposition(orders: f64) -> String {
 
 fn identity(selector: &str) -> String {
     let selector: Selector = selector.parse().expect("selector");
-    state::identity(
-        &format!("selector={selector}"),
-        &["route".to_string()],
-        BandMode::Calibrated,
-    )
+    state::identity(&format!("selector={selector}"), &["route".to_string()])
 }
 
 /// A snapshot holding four hours of `/orders` history up to now, written as a previous

@@ -39,7 +39,8 @@ fn run(s: &Series) -> Vec<Row> {
         Settings {
             seed: 1,
             mc_passes: 20,
-            band: BandMode::Calibrated,
+            band: BandMode::default(),
+            experts: flowcast::combine::ExpertSet::ALL,
             threads: 2,
         },
     )

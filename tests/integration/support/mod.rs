@@ -158,6 +158,7 @@ pub fn seed_snapshot_keys(
             mc_passes: 10,
             seed: 0,
             band: config.band,
+            experts: config.experts,
             limits: flowcast::history::SeriesLimits {
                 max_series: keys.len().max(10),
                 max_children: keys.len().max(100),
