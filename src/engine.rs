@@ -612,6 +612,47 @@ mod staleness_tests {
     use crate::metrics::Metrics;
     use crate::shared::Shared;
 
+    /// With the combined band each series exports its experts' weights (summing to 1) and
+    /// skill; with the LSTM alone there are none.
+    #[test]
+    fn expert_gauges_follow_the_band_mode() {
+        let text_after_ticks = |band: BandMode| {
+            let mut engine = test_engine(4, 1, 1);
+            engine.settings.band = band;
+            let shared = Shared::new(
+                Metrics::new("flowcast", &[]).expect("metrics"),
+                "api".into(),
+                Vec::new(),
+            );
+            let first = 28_000_000_i64;
+            for m in first..first + 240 {
+                engine.record_rate(&[], m, 30.0 + (m % 11) as f64);
+            }
+            for k in 0..30 {
+                let minute = first + 240 + 5 * k;
+                for m in minute - 5..minute {
+                    engine.record_rate(&[], m, 30.0 + (m % 11) as f64);
+                }
+                shared.publish(engine.tick(minute * MINUTE_SECONDS).expect("tick"));
+            }
+            String::from_utf8(shared.metrics.encode_text()).expect("utf-8")
+        };
+        let text = text_after_ticks(BandMode::Combined);
+        let weights: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("flowcast_expert_weight{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert_eq!(weights.len(), 8, "{text}");
+        let total: f64 = weights.iter().sum();
+        assert!((total - 1.0).abs() < 1e-9, "weights sum to {total}");
+        assert!(
+            text.contains("flowcast_expert_skill_ratio{expert=\"persistence\",series=\"api\"} 0\n")
+        );
+        let alone = text_after_ticks(BandMode::Calibrated);
+        assert!(!alone.contains("flowcast_expert_weight{"), "{alone}");
+    }
+
     /// When data stop arriving, forecasts stay up while the newest steps still hold data,
     /// then the series turns not ready and its forecast gauges disappear: never stale
     /// numbers forever, never NaN.

@@ -601,7 +601,7 @@ fn escape(text: &str, quote: bool) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
     use crate::band::Forecast;
-    use crate::metrics::{Metrics, SeriesStatus, COMPONENTS, HORIZONS};
+    use crate::metrics::{Metrics, SeriesStatus};
     use prometheus::{Encoder as _, Opts, Registry, TextEncoder};
 
     fn with<'a>(series: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
@@ -661,14 +661,25 @@ mod tests {
             if f % 5 == 4 {
                 continue; // some families stay empty
             }
-            let extra: Vec<Vec<&str>> = match family.inner.label_names.len() - 3 {
-                0 => vec![vec![]],
-                1 => HORIZONS.iter().map(|h| vec![*h]).collect(),
-                _ => HORIZONS
+            // Every combination of the family's extra label values (horizon, component,
+            // expert), the last fastest.
+            let extra: Vec<Vec<&str>> =
+                family
+                    .inner
+                    .extras
                     .iter()
-                    .flat_map(|h| COMPONENTS.iter().map(move |c| vec![*h, *c]))
-                    .collect(),
-            };
+                    .fold(vec![vec![]], |combos, values| {
+                        combos
+                            .iter()
+                            .flat_map(|c| {
+                                values.iter().map(move |v| {
+                                    let mut c = c.clone();
+                                    c.push(*v);
+                                    c
+                                })
+                            })
+                            .collect()
+                    });
             for (z, zone) in zones.iter().enumerate() {
                 for app in ["web", "api"] {
                     for (e, extra) in extra.iter().enumerate() {

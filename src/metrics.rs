@@ -15,6 +15,7 @@ use prometheus::{
 };
 
 use crate::band::{Forecast, Judgement};
+use crate::combine::{Skill, EXPERTS};
 use crate::features::HORIZON_STEPS;
 use crate::gauge_table::{to_openmetrics, GaugeFamily, SeriesTable};
 pub use crate::gauge_table::{
@@ -26,7 +27,7 @@ pub const HORIZONS: [&str; HORIZON_STEPS] = ["5m", "10m", "15m"];
 /// Label values of the `component` label: u1, u2, u3.
 pub const COMPONENTS: [&str; 3] = ["epistemic", "heteroscedastic", "homoscedastic"];
 /// Label names flowcast uses itself, which `by` labels may not take.
-pub const RESERVED_LABELS: [&str; 5] = ["series", "horizon", "component", "reason", "le"];
+pub const RESERVED_LABELS: [&str; 6] = ["series", "horizon", "component", "reason", "le", "expert"];
 /// Buckets of every duration histogram, in seconds.
 const DURATION_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -42,6 +43,7 @@ type Extras = &'static [(&'static str, &'static [&'static str])];
 const NO_EXTRAS: Extras = &[];
 const BY_HORIZON: Extras = &[("horizon", &HORIZONS)];
 const BY_COMPONENT: Extras = &[("horizon", &HORIZONS), ("component", &COMPONENTS)];
+const BY_EXPERT: Extras = &[("expert", &EXPERTS)];
 
 /// The per-series gauges.
 #[derive(Clone)]
@@ -60,6 +62,8 @@ pub(crate) struct SeriesGauges {
     error: GaugeFamily,
     concurrency: GaugeFamily,
     replicas: GaugeFamily,
+    expert_weight: GaugeFamily,
+    expert_skill: GaugeFamily,
 }
 
 impl SeriesGauges {
@@ -136,6 +140,16 @@ impl SeriesGauges {
                 "recommended_replicas",
                 "ceil(upper rate x (1 + headroom) / per-replica capacity), at least 1. Needs --replica-capacity.",
                 BY_HORIZON,
+            )?,
+            expert_weight: gauge(
+                "expert_weight",
+                "Weight of each expert in the online combination that centres the band (lstm, persistence, holt, day_ago, week_ago, mean_1h, mean_3h, mean_1d), averaged over the horizons; the weights sum to 1.",
+                BY_EXPERT,
+            )?,
+            expert_skill: gauge(
+                "expert_skill_ratio",
+                "1 - the expert's recent mean squared log error over persistence's, averaged over the horizons: 0 is as good as persistence, 1 is perfect, below 0 is worse.",
+                BY_EXPERT,
             )?,
             error: gauge(
                 "forecast_error_ratio",
@@ -396,6 +410,23 @@ impl Metrics {
             for c in COMPONENTS {
                 s.uncertainty.remove(&with(series, &[h, c]));
             }
+        }
+    }
+
+    /// Publishes the experts' weights and skill (averaged over the horizons), or removes
+    /// them when the band is not the combination's.
+    pub fn publish_experts(&self, series: &[&str], experts: Option<&Skill>) {
+        let s = &self.series;
+        for (i, name) in EXPERTS.iter().enumerate() {
+            let labels = with(series, &[name]);
+            let mean = |v: &[Option<f64>]| {
+                let known: Vec<f64> = v.iter().flatten().copied().collect();
+                (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+            };
+            let weight = experts.and_then(|e| mean(&e.weight[i].map(Some)));
+            let skill = experts.and_then(|e| mean(&e.skill[i]));
+            set_or_remove(&s.expert_weight, &labels, weight);
+            set_or_remove(&s.expert_skill, &labels, skill);
         }
     }
 

@@ -134,6 +134,7 @@ impl Shared {
                 error_ratio: s.error_ratio,
             };
             self.metrics.publish_status(&labels, &status);
+            self.metrics.publish_experts(&labels, s.experts.as_ref());
             match &s.forecast {
                 Some(f) => {
                     self.metrics.publish_forecast(&labels, f);
