@@ -138,6 +138,8 @@ pub struct StepHistory {
     /// bf16 bits; NaN is a hole.
     values: Box<[u16]>,
     newest: Option<i64>,
+    /// How many slots hold a value (kept as they change, not counted per tick).
+    present: u32,
 }
 
 impl Default for StepHistory {
@@ -145,6 +147,7 @@ impl Default for StepHistory {
         Self {
             values: vec![bf16::NAN.to_bits(); HISTORY_WINDOWS].into_boxed_slice(),
             newest: None,
+            present: 0,
         }
     }
 }
@@ -165,14 +168,25 @@ impl StepHistory {
             Some(newest) if window > newest => {
                 let first = (newest + 1).max(window - HISTORY_WINDOWS as i64 + 1);
                 for w in first..window {
-                    self.values[Self::slot(w)] = bf16::NAN.to_bits();
+                    self.set_slot(w, bf16::NAN);
                 }
                 self.newest = Some(window);
             }
             Some(_) => {}
             None => self.newest = Some(window),
         }
-        self.values[Self::slot(window)] = bf16::from_f64(value).to_bits();
+        self.set_slot(window, bf16::from_f64(value));
+    }
+
+    fn set_slot(&mut self, window: i64, value: bf16) {
+        let slot = &mut self.values[Self::slot(window)];
+        let was = bf16::from_bits(*slot).is_finite();
+        *slot = value.to_bits();
+        match (was, value.is_finite()) {
+            (false, true) => self.present += 1,
+            (true, false) => self.present -= 1,
+            _ => {}
+        }
     }
 
     /// The value of `window`, or `None` for a hole or a window outside the history.
@@ -195,14 +209,7 @@ impl StepHistory {
 
     /// Number of windows that hold a value.
     pub fn present(&self) -> usize {
-        match self.newest {
-            None => 0,
-            Some(_) => self
-                .values
-                .iter()
-                .filter(|&&b| bf16::from_bits(b).is_finite())
-                .count(),
-        }
+        self.present as usize
     }
 
     fn check(&self) -> Result<(), &'static str> {
@@ -215,6 +222,14 @@ impl StepHistory {
         };
         if self.values.iter().any(bad) {
             return Err("step history holds a negative or infinite value");
+        }
+        let counted = self
+            .values
+            .iter()
+            .filter(|&&b| bf16::from_bits(b).is_finite())
+            .count();
+        if counted != self.present as usize || (self.newest.is_none() && counted > 0) {
+            return Err("step history's count of windows is wrong");
         }
         if self
             .newest
@@ -321,14 +336,14 @@ impl Combiner {
     /// Learns the value `v` (req/s) of the 5-minute window starting at `start` (a multiple
     /// of 300): scores the expert forecasts made for it, then moves the level, Holt and the
     /// history on. Windows must come oldest first; a window not newer than the last one
-    /// observed, or not on the grid, is ignored.
-    pub fn observe(&mut self, start: i64, v: f64) {
+    /// observed, or not on the grid, is ignored. Returns whether it was learnt.
+    pub fn observe(&mut self, start: i64, v: f64) -> bool {
         if start.rem_euclid(STEP_SECONDS) != 0 || !(v.is_finite() && v >= 0.0) {
-            return;
+            return false;
         }
         let window = start.div_euclid(STEP_SECONDS);
         if self.last_window.is_some_and(|last| window <= last) {
-            return;
+            return false;
         }
         for h in 0..HORIZON_STEPS {
             let origin = window - h as i64;
@@ -354,6 +369,7 @@ impl Combiner {
         });
         self.holt.observe(v);
         self.last_window = Some(window);
+        true
     }
 
     fn pending_slot(origin: i64) -> usize {

@@ -348,6 +348,8 @@ impl Engine {
                     Err(NotReady::Stale) => Some("stale"),
                 },
                 history_seconds: view.history_seconds,
+                step_history_seconds: (learnt.combiner.history().present() as i64 * STEP_SECONDS)
+                    as f64,
                 observed: view.steps[WINDOW_STEPS - 3..]
                     .iter()
                     .rev()

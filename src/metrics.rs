@@ -58,6 +58,7 @@ pub(crate) struct SeriesGauges {
     out_of_band: GaugeFamily,
     pub(crate) ready: GaugeFamily,
     pub(crate) history: GaugeFamily,
+    pub(crate) step_history: GaugeFamily,
     coverage: GaugeFamily,
     error: GaugeFamily,
     concurrency: GaugeFamily,
@@ -124,6 +125,11 @@ impl SeriesGauges {
             history: gauge(
                 "history_seconds",
                 "Seconds of 1-minute rates the series currently holds.",
+                NO_EXTRAS,
+            )?,
+            step_history: gauge(
+                "step_history_seconds",
+                "Seconds of 5-minute step history the combination holds (up to a week: the day-ago and week-ago experts read it; a backfill fills it at start).",
                 NO_EXTRAS,
             )?,
             coverage: gauge(
@@ -435,6 +441,7 @@ impl Metrics {
         let s = &self.series;
         s.ready.set(series, if status.ready { 1.0 } else { 0.0 });
         s.history.set(series, status.history_seconds);
+        s.step_history.set(series, status.step_history_seconds);
         set_or_remove(&s.observed, series, status.observed);
         set_or_remove(
             &s.anomaly,
@@ -509,6 +516,8 @@ pub struct SeriesStatus {
     pub ready: bool,
     /// Seconds of history held.
     pub history_seconds: f64,
+    /// Seconds of 5-minute step history the combination holds.
+    pub step_history_seconds: f64,
     /// Latest complete step's value.
     pub observed: Option<f64>,
     /// How the forecast for the latest step fared.

@@ -26,6 +26,8 @@ pub struct SeriesReport {
     pub not_ready_reason: Option<&'static str>,
     /// Seconds of history held.
     pub history_seconds: f64,
+    /// Seconds of 5-minute step history the combination holds (up to a week).
+    pub step_history_seconds: f64,
     /// Latest complete step value (req/s).
     pub observed: Option<f64>,
     /// Anomaly score of the latest step.
@@ -125,6 +127,7 @@ impl Shared {
             let status = SeriesStatus {
                 ready: s.forecast.is_some(),
                 history_seconds: s.history_seconds,
+                step_history_seconds: s.step_history_seconds,
                 observed: s.observed,
                 judgement: s.anomaly_score.zip(s.out_of_band).map(|(a, o)| Judgement {
                     anomaly_score: a,

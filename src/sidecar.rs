@@ -177,9 +177,13 @@ impl Sidecar {
                 biased;
                 _ = shutdown.cancelled() => {}
                 result = fill => match result {
-                    Ok(minutes) => {
-                        shared.metrics.backfilled_seconds.inc_by(minutes as u64 * 60);
-                        info!(minutes, took = ?started.elapsed(), "history backfilled from Prometheus");
+                    Ok(filled) => {
+                        shared.metrics.backfilled_seconds.inc_by(filled.minutes as u64 * 60);
+                        info!(minutes = filled.minutes, windows = filled.windows, took = ?started.elapsed(), "history backfilled from Prometheus");
+                        if let Some(e) = filled.windows_error {
+                            shared.metrics.backfill_failures.with_label_values(&[e.reason()]).inc();
+                            warn!(reason = e.reason(), error = %e, "backfill of the week of 5-minute windows failed; the minutes are kept");
+                        }
                     }
                     Err(e) => {
                         shared.metrics.backfill_failures.with_label_values(&[e.reason()]).inc();

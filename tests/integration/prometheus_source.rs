@@ -172,9 +172,10 @@ fn ready(samples: &[Scraped], route: &str) -> bool {
         .is_some()
 }
 
-/// `--source prometheus`: a backfill of 4 hours makes both routes ready within seconds,
-/// the live source then queries `/api/v1/query`, and every call carries the bearer token
-/// read from its file.
+/// `--source prometheus`: a backfill of 4 hours of minutes and a week of 5-minute windows
+/// makes both routes ready within seconds with the combination's whole history, the live
+/// source then queries `/api/v1/query`, and every call carries the bearer token read from
+/// its file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfilled_prometheus_source_forecasts_at_once() {
     let prom = FakeProm::start(|path, params| match path {
@@ -233,6 +234,31 @@ async fn a_backfilled_prometheus_source_forecasts_at_once() {
         span >= 3 * 3600,
         "backfills at least the model's 3-hour window: {span}"
     );
+    // The week of 5-minute windows the combination keeps: one more range query, of each
+    // window's peak minute rate, at a 5-minute step.
+    let week = log
+        .iter()
+        .find(|(p, q, _)| p.ends_with("query_range") && q["step"] == "300")
+        .expect("a backfill of the week");
+    assert_eq!(
+        week.1["query"],
+        "max_over_time((sum by (route) (rate(http_requests_total{job=\"api\"}[1m])))[5m:1m])"
+    );
+    let week_span: i64 =
+        week.1["end"].parse::<i64>().expect("end") - week.1["start"].parse::<i64>().expect("start");
+    assert!(week_span >= 7 * 86_400, "a week: {week_span}");
+    for route in ["/a", "/b"] {
+        let held = value(
+            &samples,
+            "flowcast_step_history_seconds",
+            &[("series", "api"), ("route", route)],
+        )
+        .expect("step history gauge");
+        assert!(
+            held >= 7.0 * 86_400.0,
+            "{route}: {held} s of 5-minute windows"
+        );
+    }
     assert!(log
         .iter()
         .all(|(_, _, auth)| auth.as_deref() == Some("Bearer s3cret")));
