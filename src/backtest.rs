@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::band::BandMode;
 use crate::band::PassOutputs;
 use crate::cli::{BacktestArgs, Failure};
+use crate::combine::{EXPERTS, EXPERT_COUNT};
 use crate::config::{ModelSource, MC_PASSES_RANGE};
 use crate::engine::{Engine, EngineSettings, Prepared};
 use crate::features::ModelInput;
@@ -207,6 +208,9 @@ pub struct Row {
     pub lower: f64,
     /// Upper bound.
     pub upper: f64,
+    /// Each expert's weight in the combination at this horizon ([`EXPERTS`] order); NaN
+    /// when the band is the LSTM's alone or the series was not ready.
+    pub weights: [f64; EXPERT_COUNT],
 }
 
 /// Settings of a backtest.
@@ -321,7 +325,9 @@ fn predict_parallel(
 }
 
 fn push_rows(report: &TickReport, rows: &mut Vec<Row>) {
-    let forecast = report.series.first().and_then(|s| s.forecast.as_ref());
+    let series = report.series.first();
+    let forecast = series.and_then(|s| s.forecast.as_ref());
+    let weights = series.and_then(|s| s.weights);
     for (h, horizon) in HORIZON_SECONDS.iter().enumerate() {
         let (mean, lower, upper) = forecast.map_or((f64::NAN, f64::NAN, f64::NAN), |f| {
             let i = f.horizons[h];
@@ -333,24 +339,38 @@ fn push_rows(report: &TickReport, rows: &mut Vec<Row>) {
             mean,
             lower,
             upper,
+            weights: std::array::from_fn(|i| weights.map_or(f64::NAN, |w| w[i][h])),
         });
     }
 }
 
-/// Writes rows in the scorer's CSV format.
+/// Writes rows in the scorer's CSV format, then (columns the scorer ignores) each
+/// expert's weight, `w_<expert>`, empty when the band is not the combination's.
 pub fn write_rows(path: &Path, rows: &[Row]) -> Result<(), BacktestError> {
-    let mut out = String::with_capacity(rows.len() * 48);
-    out.push_str("origin,horizon_seconds,mean,lower,upper\n");
+    let mut out = String::with_capacity(rows.len() * 96);
+    out.push_str("origin,horizon_seconds,mean,lower,upper");
+    for name in EXPERTS {
+        let _ = write!(out, ",w_{name}");
+    }
+    out.push('\n');
     for r in rows {
         if r.mean.is_finite() {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "{},{},{:.6},{:.6},{:.6}",
                 r.origin, r.horizon, r.mean, r.lower, r.upper
             );
         } else {
-            let _ = writeln!(out, "{},{},nan,nan,nan", r.origin, r.horizon);
+            let _ = write!(out, "{},{},nan,nan,nan", r.origin, r.horizon);
         }
+        for w in r.weights {
+            if w.is_finite() {
+                let _ = write!(out, ",{w:.4}");
+            } else {
+                out.push(',');
+            }
+        }
+        out.push('\n');
     }
     let io = |source| BacktestError::Io {
         path: path.display().to_string(),

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::band::{BandMode, Calibrator, Forecast, Judgement, PassOutputs};
-use crate::combine::{Combiner, ExpertSet};
+use crate::combine::{Combined, Combiner, ExpertSet};
 use crate::features::{self, NotReady, HORIZON_STEPS, WINDOW_STEPS};
 use crate::history::{MinuteRing, SeriesLimits, SeriesSet, MINUTE_SECONDS, STEP_SECONDS};
 use crate::model::{Model, ModelError};
@@ -118,7 +118,7 @@ impl Learnt {
         origin: i64,
         input: &features::ModelInput,
         out: &PassOutputs,
-    ) -> Forecast {
+    ) -> (Forecast, Option<Combined>) {
         let s = input.scale;
         let lstm: [f64; HORIZON_STEPS] = std::array::from_fn(|h| features::from_z(out.mean[h], s));
         let combined = settings
@@ -127,7 +127,7 @@ impl Learnt {
             .then(|| self.combiner.combine(origin, lstm, s, settings.experts))
             .flatten();
         let Some(c) = combined else {
-            return self.calibrator.forecast(origin, s, out);
+            return (self.calibrator.forecast(origin, s, out), None);
         };
         // The study's shape maps the LSTM's σ from its space (scale s) into the
         // combination's (scale S) at the LSTM's mean: dζ/dz = (s + m) / (S + m).
@@ -151,7 +151,7 @@ impl Learnt {
             interval.components[0] = out.u1_sq[h].sqrt() * per_z;
             interval.components[1] = out.u2_sq[h].sqrt() * per_z;
         }
-        forecast
+        (forecast, Some(c))
     }
 }
 
@@ -330,12 +330,15 @@ impl Engine {
                     }
                 }
             }
-            let forecast = match (
+            let (forecast, combined) = match (
                 &view.input,
                 view.input.is_ok().then(|| outputs.next()).flatten(),
             ) {
-                (Ok(input), Some(out)) => Some(learnt.forecast(&settings, origin, input, out)),
-                _ => None,
+                (Ok(input), Some(out)) => {
+                    let (forecast, combined) = learnt.forecast(&settings, origin, input, out);
+                    (Some(forecast), combined)
+                }
+                _ => (None, None),
             };
             let rolling = learnt.calibrator.rolling();
             reports.push(SeriesReport {
@@ -360,8 +363,8 @@ impl Engine {
                 out_of_band: learnt.judgement.map(|j| j.out_of_band),
                 band_coverage: std::array::from_fn(|h| rolling[h].coverage),
                 error_ratio: std::array::from_fn(|h| rolling[h].error_ratio),
-                experts: (settings.band.is_combined() && forecast.is_some())
-                    .then(|| learnt.combiner.skill(settings.experts)),
+                experts: combined.map(|_| learnt.combiner.skill(settings.experts)),
+                weights: combined.map(|c| c.weights),
                 forecast,
                 recent_steps: view.steps.to_vec(),
                 mean_latency_seconds: learnt.latency,

@@ -48,6 +48,10 @@ pub struct SeriesReport {
     /// The experts' weights and skill, when the band is the combination's.
     #[serde(skip)]
     pub experts: Option<crate::combine::Skill>,
+    /// The weights of the experts in this forecast, per expert and horizon, when the band
+    /// is the combination's.
+    #[serde(skip)]
+    pub weights: Option<[[f64; HORIZON_STEPS]; crate::combine::EXPERT_COUNT]>,
 }
 
 /// Everything one tick produced.
