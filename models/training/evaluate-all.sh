@@ -22,7 +22,9 @@ out=${1:-$root/target/eval-all}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 (cd "$root" && cargo build --release)
-bin="$root/target/release/flowcast"
+# A copy, so that a rebuild while this runs cannot change the binary under the backtests.
+cp "$root/target/release/flowcast" "$out/flowcast"
+bin="$out/flowcast"
 folds="$root/models/training/folds.sh"
 eval_dir="$root/../shared/eval"
 
