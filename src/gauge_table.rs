@@ -778,7 +778,11 @@ mod tests {
         assert_eq!(rows(&m), ["api//a", "api//b"], "/b is still ready=1");
         m.series.ready.remove(&["api", "/b"]);
         m.series.history.remove(&["api", "/b"]);
-        assert_eq!(rows(&m), ["api//a", "api//b"], "/b still holds its step history");
+        assert_eq!(
+            rows(&m),
+            ["api//a", "api//b"],
+            "/b still holds its step history"
+        );
         m.series.step_history.remove(&["api", "/b"]);
         assert_eq!(rows(&m), ["api//a"]);
         let text = String::from_utf8(m.encode_text()).expect("utf-8");
