@@ -143,14 +143,17 @@ pub struct Forecast {
     pub horizons: [Interval; HORIZON_STEPS],
 }
 
+/// A forecast waiting for its targets. Single precision (all but the scale): sixteen of
+/// these per series are most of its calibration state, and a target is compared with
+/// them to far fewer digits than f32 holds.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Pending {
     origin: i64,
     scale: f64,
-    mean_z: [f64; HORIZON_STEPS],
-    sigma_z: [f64; HORIZON_STEPS],
-    bounds: [(f64, f64); HORIZON_STEPS],
-    mean: [f64; HORIZON_STEPS],
+    mean_z: [f32; HORIZON_STEPS],
+    sigma_z: [f32; HORIZON_STEPS],
+    bounds: [(f32, f32); HORIZON_STEPS],
+    mean: [f32; HORIZON_STEPS],
 }
 
 /// Rolling quality of the band at one horizon.
@@ -181,8 +184,10 @@ pub struct Calibrator {
     mode: BandMode,
     global_sum: [f64; HORIZON_STEPS],
     global_weight: [f64; HORIZON_STEPS],
-    u3_sum: [[f64; 24]; HORIZON_STEPS],
-    u3_weight: [[f64; 24]; HORIZON_STEPS],
+    /// Per horizon and UTC hour, the decayed sum of squared errors and its weight (single
+    /// precision: 144 numbers a series).
+    u3_sum: [[f32; 24]; HORIZON_STEPS],
+    u3_weight: [[f32; 24]; HORIZON_STEPS],
     k_upper: [f64; HORIZON_STEPS],
     k_lower: [f64; HORIZON_STEPS],
     pending: [Option<Pending>; PENDING],
@@ -224,7 +229,8 @@ impl Calibrator {
     fn u3_sq(&self, h: usize, t: i64) -> f64 {
         let hour = features::hour_of_day(t);
         let global = self.global_sum[h] / self.global_weight[h];
-        (self.u3_sum[h][hour] + HOUR_SHRINK * global) / (self.u3_weight[h][hour] + HOUR_SHRINK)
+        (f64::from(self.u3_sum[h][hour]) + HOUR_SHRINK * global)
+            / (f64::from(self.u3_weight[h][hour]) + HOUR_SHRINK)
     }
 
     /// Turns the model's outputs at `origin` into a band, and remembers it for scoring.
@@ -232,7 +238,7 @@ impl Calibrator {
         let mut pending = Pending {
             origin,
             scale,
-            mean_z: out.mean,
+            mean_z: out.mean.map(|z| z as f32),
             sigma_z: [0.0; HORIZON_STEPS],
             bounds: [(0.0, 0.0); HORIZON_STEPS],
             mean: [0.0; HORIZON_STEPS],
@@ -260,9 +266,9 @@ impl Calibrator {
             let upper = features::from_z(mu + k_hi * sigma, scale).max(mean);
             let per_z = features::value_per_z(mu, scale);
             let k_mid = 0.5 * (k_lo + k_hi) / 1.96;
-            pending.sigma_z[h] = sigma;
-            pending.bounds[h] = (lower, upper);
-            pending.mean[h] = mean;
+            pending.sigma_z[h] = sigma as f32;
+            pending.bounds[h] = (lower as f32, upper as f32);
+            pending.mean[h] = mean as f32;
             Interval {
                 mean,
                 lower,
@@ -296,28 +302,26 @@ impl Calibrator {
             let Some(p) = self.pending[slot].filter(|p| p.origin == origin) else {
                 continue;
             };
-            let (lower, upper) = p.bounds[h];
-            let inside = lower * (1.0 - 1e-9) <= observed && observed <= upper * (1.0 + 1e-9);
-            let error = features::to_z(observed, p.scale) - p.mean_z[h];
-            let r = if p.sigma_z[h] > 0.0 {
-                error / p.sigma_z[h]
-            } else {
-                0.0
-            };
+            let (lower, upper) = (f64::from(p.bounds[h].0), f64::from(p.bounds[h].1));
+            // As the scorer: a relative tolerance of 1e-6, above f32's rounding.
+            let inside = lower * (1.0 - 1e-6) <= observed && observed <= upper * (1.0 + 1e-6);
+            let error = features::to_z(observed, p.scale) - f64::from(p.mean_z[h]);
+            let sigma = f64::from(p.sigma_z[h]);
+            let r = if sigma > 0.0 { error / sigma } else { 0.0 };
             if h == 0 {
                 judgement = Some(Judgement {
                     anomaly_score: r,
                     out_of_band: !inside,
                 });
             }
-            self.update_rolling(h, inside, (observed - p.mean[h]).abs(), observed);
+            self.update_rolling(h, inside, (observed - f64::from(p.mean[h])).abs(), observed);
             if origin.rem_euclid(STEP_SECONDS) != 0 {
                 continue;
             }
             let hour = features::hour_of_day(start);
             let e = error.clamp(-U3_ERROR_CAP, U3_ERROR_CAP);
-            self.u3_sum[h][hour] = U3_DECAY * self.u3_sum[h][hour] + e * e;
-            self.u3_weight[h][hour] = U3_DECAY * self.u3_weight[h][hour] + 1.0;
+            self.u3_sum[h][hour] = (U3_DECAY * f64::from(self.u3_sum[h][hour]) + e * e) as f32;
+            self.u3_weight[h][hour] = (U3_DECAY * f64::from(self.u3_weight[h][hour]) + 1.0) as f32;
             self.global_sum[h] = GLOBAL_DECAY * self.global_sum[h] + e * e;
             self.global_weight[h] = GLOBAL_DECAY * self.global_weight[h] + 1.0;
             // Adaptive conformal inference: each side's multiplier moves up by
@@ -384,7 +388,7 @@ impl Calibrator {
             if !self.u3_sum[h]
                 .iter()
                 .chain(&self.u3_weight[h])
-                .all(|&v| finite_non_negative(v))
+                .all(|&v| finite_non_negative(f64::from(v)))
             {
                 return Err("hourly error mean out of range");
             }
@@ -557,7 +561,8 @@ mod tests {
         assert!(cal.observe(600, 1.0).is_none(), "a step is judged once");
         let f = cal.forecast(900, 10.0, &outputs(0.7, 0.01));
         let j = cal.observe(900, f.horizons[0].mean).expect("judged");
-        assert!(!j.out_of_band && j.anomaly_score.abs() < 1e-9);
+        // The pending mean is kept in f32: at the mean, the score is that rounding over σ.
+        assert!(!j.out_of_band && j.anomaly_score.abs() < 1e-4);
         assert!(cal.rolling()[0].coverage.expect("some") > 0.0);
     }
 }
