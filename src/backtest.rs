@@ -334,6 +334,31 @@ fn push_rows(report: &TickReport, rows: &mut Vec<Row>) {
     }
 }
 
+/// The rows exactly as [`write_rows`] writes them (six decimals), so that what is computed
+/// from them here (the scaling what-if) is what the scripts compute from the file.
+pub fn as_written(rows: &[Row]) -> Vec<Row> {
+    let round = |v: f64| -> f64 { format!("{v:.6}").parse().unwrap_or(f64::NAN) };
+    rows.iter()
+        .map(|r| {
+            if r.mean.is_finite() {
+                Row {
+                    mean: round(r.mean),
+                    lower: round(r.lower),
+                    upper: round(r.upper),
+                    ..*r
+                }
+            } else {
+                Row {
+                    mean: f64::NAN,
+                    lower: f64::NAN,
+                    upper: f64::NAN,
+                    ..*r
+                }
+            }
+        })
+        .collect()
+}
+
 /// Writes rows in the scorer's CSV format.
 pub fn write_rows(path: &Path, rows: &[Row]) -> Result<(), BacktestError> {
     let mut out = String::with_capacity(rows.len() * 48);
@@ -396,6 +421,27 @@ pub struct Scores {
 
 /// Scores `rows` against the data like `shared/eval/score.py` (horizons pooled).
 pub fn score(series: &Series, rows: &[Row], warmup_seconds: i64) -> Scores {
+    score_horizons(series, rows, warmup_seconds, &HORIZON_SECONDS)
+}
+
+/// score.py's rows: one per horizon (300, 600, 900), then `all` (pooled).
+pub fn score_table(series: &Series, rows: &[Row], warmup_seconds: i64) -> [Scores; 4] {
+    let mut table = [Scores::default(); 4];
+    for (h, horizon) in HORIZON_SECONDS.iter().enumerate() {
+        table[h] = score_horizons(series, rows, warmup_seconds, std::slice::from_ref(horizon));
+    }
+    table[3] = score(series, rows, warmup_seconds);
+    table
+}
+
+/// Scores the rows of these horizons only, as score.py scores one horizon's row (its
+/// mean target `ybar` is over those horizons' scorable targets).
+pub fn score_horizons(
+    series: &Series,
+    rows: &[Row],
+    warmup_seconds: i64,
+    horizons: &[i64],
+) -> Scores {
     let targets = targets(series);
     let first = series.rows.first().map_or(0, |r| r.0);
     let by_key: std::collections::HashMap<(i64, i64), &Row> =
@@ -404,7 +450,7 @@ pub fn score(series: &Series, rows: &[Row], warmup_seconds: i64) -> Scores {
     let (mut inside, mut under, mut err, mut width, mut wink, mut ysum, mut present) =
         (0usize, 0usize, 0.0, 0.0, 0.0, 0.0, 0usize);
     for (&w, &y) in &targets {
-        for h in HORIZON_SECONDS {
+        for &h in horizons {
             let origin = w - h + STEP_SECONDS;
             if origin < first + warmup_seconds {
                 continue;
@@ -505,6 +551,7 @@ pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
             "--mc-passes must be between 1 and 1000"
         )));
     }
+    let deployment = deployment(args)?;
     let series = read_series(&args.data, args.step).map_err(Failure::usage)?;
     let source = match (&args.model, &args.model_card) {
         (Some(model), Some(card)) => ModelSource::Files {
@@ -543,7 +590,43 @@ pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
             Failure::runtime(anyhow::anyhow!("cannot write {}: {e}", path.display()))
         })?;
     }
+    if let Some(d) = deployment {
+        // From the rows as written, so that scaling.py on the file gives these numbers.
+        let w = crate::scaling::what_if(&series, &as_written(&rows), d, args.risk)
+            .map_err(Failure::usage)?;
+        print!("{}", crate::scaling::to_text(&w));
+    }
     Ok(())
+}
+
+/// The deployment of the scaling what-if, when `--replica-capacity` and `--startup` are
+/// given; checked before anything runs.
+fn deployment(args: &BacktestArgs) -> Result<Option<crate::scaling::Deployment>, Failure> {
+    let (Some(capacity), Some(startup)) = (args.replica_capacity, args.startup) else {
+        return Ok(None);
+    };
+    let startup: std::time::Duration = startup.into();
+    if startup.subsec_nanos() != 0 {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--startup must be 0s, 5m or 10m, got {}",
+            humantime::format_duration(startup)
+        )));
+    }
+    if !(args.risk >= 0.0 && args.risk < 1.0) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--risk must be a share in [0, 1), got {}",
+            args.risk
+        )));
+    }
+    let d = crate::scaling::Deployment {
+        utilization: args.target_utilization,
+        min_replicas: args.min_replicas,
+        max_replicas: args.max_replicas,
+        warmup_seconds: args.warmup_seconds,
+        ..crate::scaling::Deployment::new(capacity, startup.as_secs() as i64)
+    };
+    d.check().map_err(Failure::usage)?;
+    Ok(Some(d))
 }
 
 #[cfg(test)]

@@ -40,11 +40,14 @@
 //! | [`faults`] | scripted faults for tests, compiled only with the `fault-injection` feature |
 //! | [`demo`] | `flowcast demo`: a synthetic app and the real sidecar on loopback |
 //! | [`backtest`] | `flowcast backtest`: replay a CSV on a simulated clock, score, plot |
+//! | [`scaling`] | the backtest's scaling what-if (scaling.py's model) and its recommendation |
+//! | [`baselines`] | persistence, PromQL and Holt baselines run in-process (baselines.py's a, c, d) |
 //! | [`bench`] | `flowcast bench`: timed ticks of synthetic series, and the soak |
 
 pub mod backoff;
 pub mod backtest;
 pub mod band;
+pub mod baselines;
 pub mod bench;
 pub mod cli;
 pub mod clock;
@@ -61,6 +64,7 @@ pub mod metrics;
 pub mod model;
 pub mod pages;
 pub mod promapi;
+pub mod scaling;
 pub mod scrape;
 pub mod selector;
 pub mod server;
