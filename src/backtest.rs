@@ -570,7 +570,7 @@ pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         }),
     };
-    let rows = run(&series, model, settings).map_err(Failure::runtime)?;
+    let rows = run(&series, Arc::clone(&model), settings).map_err(Failure::runtime)?;
     write_rows(&args.out, &rows).map_err(Failure::runtime)?;
     let s = score(&series, &rows, args.warmup_seconds);
     println!(
@@ -590,13 +590,88 @@ pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
             Failure::runtime(anyhow::anyhow!("cannot write {}: {e}", path.display()))
         })?;
     }
-    if let Some(d) = deployment {
-        // From the rows as written, so that scaling.py on the file gives these numbers.
-        let w = crate::scaling::what_if(&series, &as_written(&rows), d, args.risk)
-            .map_err(Failure::usage)?;
-        print!("{}", crate::scaling::to_text(&w));
+    // From the rows as written, so that scaling.py on the file gives these numbers.
+    let written = as_written(&rows);
+    let what_if = match deployment {
+        Some(d) => {
+            let w =
+                crate::scaling::what_if(&series, &written, d, args.risk).map_err(Failure::usage)?;
+            print!("{}", crate::scaling::to_text(&w));
+            Some(w)
+        }
+        None => None,
+    };
+    if let Some(path) = &args.report {
+        let started = std::time::Instant::now();
+        let baselines = crate::baselines::Baseline::ALL
+            .iter()
+            .map(|&b| {
+                let rows = crate::baselines::run(b, &series, args.warmup_seconds);
+                (b, score_table(&series, &rows, args.warmup_seconds))
+            })
+            .collect();
+        let html = crate::report::render(&crate::report::ReportInput {
+            data: args.data.display().to_string(),
+            series: &series,
+            rows: &written,
+            scores: score_table(&series, &written, args.warmup_seconds),
+            baselines,
+            what_if: what_if.as_ref(),
+            settings: report_settings(args, &model, settings),
+        });
+        std::fs::write(path, &html).map_err(|e| {
+            Failure::runtime(anyhow::anyhow!("cannot write {}: {e}", path.display()))
+        })?;
+        println!(
+            "report: {} ({} bytes, baselines and HTML in {:.1}s)",
+            path.display(),
+            html.len(),
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
+}
+
+/// The settings the report lists: what produced these forecasts.
+fn report_settings(args: &BacktestArgs, model: &Model, s: Settings) -> Vec<(String, String)> {
+    let mut out = vec![
+        (
+            "flowcast".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        ("data".to_string(), args.data.display().to_string()),
+        (
+            "model".to_string(),
+            match &args.model {
+                Some(m) => m.display().to_string(),
+                None => "embedded (models/flowcast.onnx)".to_string(),
+            },
+        ),
+        (
+            "model fingerprint".to_string(),
+            format!("{:08x}", model.fingerprint()),
+        ),
+        ("seed".to_string(), s.seed.to_string()),
+        ("Monte-Carlo passes".to_string(), s.mc_passes.to_string()),
+        ("band".to_string(), format!("{:?}", s.band).to_lowercase()),
+        (
+            "warm-up (not scored)".to_string(),
+            format!("{} s", args.warmup_seconds),
+        ),
+    ];
+    if let (Some(c), Some(d)) = (args.replica_capacity, args.startup) {
+        out.push((
+            "what-if".to_string(),
+            format!(
+                "capacity {c} req/s per replica, start-up {d}, target utilisation {}, replicas {}..{}, risk target {}",
+                args.target_utilization,
+                args.min_replicas,
+                args.max_replicas.map_or("unbounded".to_string(), |m| m.to_string()),
+                args.risk
+            ),
+        ));
+    }
+    out
 }
 
 /// The deployment of the scaling what-if, when `--replica-capacity` and `--startup` are

@@ -44,6 +44,7 @@
 //! | [`demo`] | `flowcast demo`: a synthetic app and the real sidecar on loopback |
 //! | [`backtest`] | `flowcast backtest`: replay a CSV on a simulated clock, score, plot |
 //! | [`scaling`] | the backtest's scaling what-if (scaling.py's model) and its recommendation |
+//! | [`report`] | `backtest --report`: the self-contained HTML report of one backtest |
 //! | [`baselines`] | persistence, PromQL and Holt baselines run in-process (baselines.py's a, c, d) |
 //! | [`bench`] | `flowcast bench`: timed ticks of synthetic series, and the soak |
 
@@ -69,6 +70,7 @@ pub mod model;
 pub mod page;
 pub mod pages;
 pub mod promapi;
+pub mod report;
 pub mod scaling;
 pub mod scrape;
 pub mod selector;
