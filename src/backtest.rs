@@ -617,6 +617,7 @@ pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
             scores: score_table(&series, &written, args.warmup_seconds),
             baselines,
             what_if: what_if.as_ref(),
+            warmup_seconds: args.warmup_seconds,
             settings: report_settings(args, &model, settings),
         });
         std::fs::write(path, &html).map_err(|e| {

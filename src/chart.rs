@@ -258,13 +258,23 @@ fn nice_step(raw: f64) -> f64 {
     m * magnitude
 }
 
-/// A tick label with the decimals its step needs.
+/// A tick label with the decimals its step needs, large values with k, M or G.
 fn value_label(v: f64, step: f64) -> String {
+    let (scale, suffix) = if step >= 1e9 {
+        (1e9, "G")
+    } else if step >= 1e6 {
+        (1e6, "M")
+    } else if step >= 1e4 {
+        (1e3, "k")
+    } else {
+        (1.0, "")
+    };
+    let (v, step) = (v / scale, step / scale);
     let mut decimals = (-step.log10().floor()).max(0.0) as usize;
     if (step / 10f64.powi(-(decimals as i32)) - 2.5).abs() < 1e-9 {
         decimals += 1;
     }
-    format!("{v:.decimals$}")
+    format!("{v:.decimals$}{suffix}")
 }
 
 /// (year, month, day) of a day number since 1970-01-01 (proleptic Gregorian).
@@ -311,6 +321,9 @@ mod tests {
         assert_eq!(value_label(0.5, 0.5), "0.5");
         assert_eq!(value_label(7.5, 2.5), "7.5");
         assert_eq!(value_label(200.0, 50.0), "200");
+        assert_eq!(value_label(6e7, 1e7), "60M");
+        assert_eq!(value_label(7.5e6, 2.5e6), "7.5M");
+        assert_eq!(value_label(60_000.0, 20_000.0), "60k");
     }
 
     #[test]

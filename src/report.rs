@@ -40,6 +40,8 @@ pub struct ReportInput<'a> {
     pub baselines: Vec<(Baseline, [Scores; 4])>,
     /// The what-if, when a capacity and start-up were given.
     pub what_if: Option<&'a WhatIf>,
+    /// Seconds after the first timestamp that were not scored (the worst days come after).
+    pub warmup_seconds: i64,
     /// Settings shown at the end: (name, value).
     pub settings: Vec<(String, String)>,
 }
@@ -58,7 +60,7 @@ pub fn render(input: &ReportInput) -> String {
          body{{font:14px system-ui,sans-serif;margin:1.5em 2em;color:#222;max-width:1150px}}\
          h2{{margin-top:1.6em;border-bottom:1px solid #ddd}}svg{{background:#fafafa;border:1px solid #ddd;display:block;margin:.4em 0}}\
          table{{border-collapse:collapse;margin:.5em 0}}td,th{{padding:.2em .6em;border-bottom:1px solid #eee;text-align:right}}\
-         th:first-child,td:first-child,#scores td:nth-child(2),#what-if td:first-child{{text-align:left}}.best{{font-weight:bold;color:#1d6b3a}}.chosen{{background:#fff3cd}}\
+         th:first-child,td:first-child,#scores td:nth-child(2),#scores th:nth-child(2){{text-align:left}}.best{{font-weight:bold;color:#1d6b3a}}.chosen{{background:#fff3cd}}\
          .k{{color:#555}}.box{{background:#f3f7fb;border:1px solid #cfe0f0;padding:.6em 1em}}code{{background:#f4f4f4;padding:0 .2em}}\
          </style></head><body><h1>flowcast backtest</h1>",
         escape(&input.data)
@@ -202,7 +204,8 @@ fn worst_days(html: &mut String, input: &ReportInput, targets: &BTreeMap<i64, f6
         .collect();
     // Days (UTC) by mean Winkler score of the 5-minute band, relative to the day's mean.
     let mut days: BTreeMap<i64, (f64, f64, usize)> = BTreeMap::new();
-    for (&w, &y) in targets {
+    let scored_from = input.series.rows.first().map_or(0, |r| r.0) + input.warmup_seconds;
+    for (&w, &y) in targets.range(scored_from..) {
         if let Some(&(l, u)) = bands[0].get(&w) {
             let e = days.entry(w.div_euclid(86_400)).or_insert((0.0, 0.0, 0));
             e.0 += (u - l) + 40.0 * (l - y).max(0.0) + 40.0 * (y - u).max(0.0);
@@ -216,7 +219,7 @@ fn worst_days(html: &mut String, input: &ReportInput, targets: &BTreeMap<i64, f6
         .map(|(d, (wink, ys, n))| (d, if ys > 0.0 { wink / ys } else { wink / n as f64 }))
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    html.push_str("<h2>The worst days, closer</h2><p class=\"k\">The days whose 5-minute band scored worst (interval score relative to the day's traffic). Shaded: the bands forecast 5, 10 and 15 minutes before each step (darker where they overlap); dots: steps outside their 5-minute band.</p>");
+    html.push_str("<h2>The worst days, closer</h2><p class=\"k\">The days after the warm-up whose 5-minute band scored worst (interval score relative to the day's traffic). Shaded: the bands forecast 5, 10 and 15 minutes before each step (darker where they overlap); dots: steps outside their 5-minute band.</p>");
     for &(day, score) in ranked.iter().take(WORST_DAYS) {
         let (t0, t1) = (day * 86_400, day * 86_400 + 86_400);
         let in_day: Vec<(i64, f64)> = targets.range(t0..t1).map(|(w, y)| (*w, *y)).collect();
@@ -436,6 +439,7 @@ mod tests {
             scores,
             baselines,
             what_if: Some(&w),
+            warmup_seconds: 86_400,
             settings: vec![("seed".into(), "7".into())],
         });
         // One point per step with a target: 7 days less the 3-step hole.
