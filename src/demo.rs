@@ -121,6 +121,8 @@ pub fn config(app: SocketAddr, listen: SocketAddr) -> Result<Config, crate::conf
         series_name: Some("demo".to_string()),
         scrape_interval: Some("5s".to_string()),
         forecast_interval: Some("15s".to_string()),
+        // So the page shows the replica recommendation too.
+        replica_capacity: Some(25.0),
         listen: Some(listen.to_string()),
         ..FileConfig::default()
     }
