@@ -150,6 +150,9 @@ fn summary(html: &mut String, input: &ReportInput) {
             r.chosen.headroom * 100.0,
             threshold_text(r.predictive_threshold)
         );
+        if let Some(note) = crate::scaling::little_difference(w) {
+            let _ = write!(html, "<p>Note: {note}.</p>");
+        }
     }
     html.push_str("</div>");
 }
