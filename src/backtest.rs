@@ -195,6 +195,9 @@ pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, CsvError> {
     Ok(Series { rows, step })
 }
 
+/// The weights of a row that no combination made (a baseline's, or the LSTM's alone).
+pub const NO_WEIGHTS: [f64; EXPERT_COUNT] = [f64::NAN; EXPERT_COUNT];
+
 /// One forecast row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Row {
@@ -344,6 +347,31 @@ fn push_rows(report: &TickReport, rows: &mut Vec<Row>) {
     }
 }
 
+/// The rows exactly as [`write_rows`] writes them (six decimals), so that what is computed
+/// from them here (the scaling what-if) is what the scripts compute from the file.
+pub fn as_written(rows: &[Row]) -> Vec<Row> {
+    let round = |v: f64| -> f64 { format!("{v:.6}").parse().unwrap_or(f64::NAN) };
+    rows.iter()
+        .map(|r| {
+            if r.mean.is_finite() {
+                Row {
+                    mean: round(r.mean),
+                    lower: round(r.lower),
+                    upper: round(r.upper),
+                    ..*r
+                }
+            } else {
+                Row {
+                    mean: f64::NAN,
+                    lower: f64::NAN,
+                    upper: f64::NAN,
+                    ..*r
+                }
+            }
+        })
+        .collect()
+}
+
 /// Writes rows in the scorer's CSV format, then (columns the scorer ignores) each
 /// expert's weight, `w_<expert>`, empty when the band is not the combination's.
 pub fn write_rows(path: &Path, rows: &[Row]) -> Result<(), BacktestError> {
@@ -419,6 +447,27 @@ pub struct Scores {
 
 /// Scores `rows` against the data like `shared/eval/score.py` (horizons pooled).
 pub fn score(series: &Series, rows: &[Row], warmup_seconds: i64) -> Scores {
+    score_horizons(series, rows, warmup_seconds, &HORIZON_SECONDS)
+}
+
+/// score.py's rows: one per horizon (300, 600, 900), then `all` (pooled).
+pub fn score_table(series: &Series, rows: &[Row], warmup_seconds: i64) -> [Scores; 4] {
+    let mut table = [Scores::default(); 4];
+    for (h, horizon) in HORIZON_SECONDS.iter().enumerate() {
+        table[h] = score_horizons(series, rows, warmup_seconds, std::slice::from_ref(horizon));
+    }
+    table[3] = score(series, rows, warmup_seconds);
+    table
+}
+
+/// Scores the rows of these horizons only, as score.py scores one horizon's row (its
+/// mean target `ybar` is over those horizons' scorable targets).
+pub fn score_horizons(
+    series: &Series,
+    rows: &[Row],
+    warmup_seconds: i64,
+    horizons: &[i64],
+) -> Scores {
     let targets = targets(series);
     let first = series.rows.first().map_or(0, |r| r.0);
     let by_key: std::collections::HashMap<(i64, i64), &Row> =
@@ -427,7 +476,7 @@ pub fn score(series: &Series, rows: &[Row], warmup_seconds: i64) -> Scores {
     let (mut inside, mut under, mut err, mut width, mut wink, mut ysum, mut present) =
         (0usize, 0usize, 0.0, 0.0, 0.0, 0.0, 0usize);
     for (&w, &y) in &targets {
-        for h in HORIZON_SECONDS {
+        for &h in horizons {
             let origin = w - h + STEP_SECONDS;
             if origin < first + warmup_seconds {
                 continue;
@@ -528,6 +577,7 @@ pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
             "--mc-passes must be between 1 and 1000"
         )));
     }
+    let deployment = deployment(args)?;
     let series = read_series(&args.data, args.step).map_err(Failure::usage)?;
     let source = match (&args.model, &args.model_card) {
         (Some(model), Some(card)) => ModelSource::Files {
@@ -547,7 +597,7 @@ pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         }),
     };
-    let rows = run(&series, model, settings).map_err(Failure::runtime)?;
+    let rows = run(&series, Arc::clone(&model), settings).map_err(Failure::runtime)?;
     write_rows(&args.out, &rows).map_err(Failure::runtime)?;
     let s = score(&series, &rows, args.warmup_seconds);
     println!(
@@ -567,7 +617,119 @@ pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
             Failure::runtime(anyhow::anyhow!("cannot write {}: {e}", path.display()))
         })?;
     }
+    // From the rows as written, so that scaling.py on the file gives these numbers.
+    let written = as_written(&rows);
+    let what_if = match deployment {
+        Some(d) => {
+            let w =
+                crate::scaling::what_if(&series, &written, d, args.risk).map_err(Failure::usage)?;
+            print!("{}", crate::scaling::to_text(&w));
+            Some(w)
+        }
+        None => None,
+    };
+    if let Some(path) = &args.report {
+        let started = std::time::Instant::now();
+        let baselines = crate::baselines::Baseline::ALL
+            .iter()
+            .map(|&b| {
+                let rows = crate::baselines::run(b, &series, args.warmup_seconds);
+                (b, score_table(&series, &rows, args.warmup_seconds))
+            })
+            .collect();
+        let html = crate::report::render(&crate::report::ReportInput {
+            data: args.data.display().to_string(),
+            series: &series,
+            rows: &written,
+            scores: score_table(&series, &written, args.warmup_seconds),
+            baselines,
+            what_if: what_if.as_ref(),
+            warmup_seconds: args.warmup_seconds,
+            settings: report_settings(args, &model, settings),
+        });
+        std::fs::write(path, &html).map_err(|e| {
+            Failure::runtime(anyhow::anyhow!("cannot write {}: {e}", path.display()))
+        })?;
+        println!(
+            "report: {} ({} bytes, baselines and HTML in {:.1}s)",
+            path.display(),
+            html.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
+}
+
+/// The settings the report lists: what produced these forecasts.
+fn report_settings(args: &BacktestArgs, model: &Model, s: Settings) -> Vec<(String, String)> {
+    let mut out = vec![
+        (
+            "flowcast".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        ("data".to_string(), args.data.display().to_string()),
+        (
+            "model".to_string(),
+            match &args.model {
+                Some(m) => m.display().to_string(),
+                None => "embedded (models/flowcast.onnx)".to_string(),
+            },
+        ),
+        (
+            "model fingerprint".to_string(),
+            format!("{:08x}", model.fingerprint()),
+        ),
+        ("seed".to_string(), s.seed.to_string()),
+        ("Monte-Carlo passes".to_string(), s.mc_passes.to_string()),
+        ("band".to_string(), format!("{:?}", s.band).to_lowercase()),
+        (
+            "warm-up (not scored)".to_string(),
+            format!("{} s", args.warmup_seconds),
+        ),
+    ];
+    if let (Some(c), Some(d)) = (args.replica_capacity, args.startup) {
+        out.push((
+            "what-if".to_string(),
+            format!(
+                "capacity {c} req/s per replica, start-up {d}, target utilisation {}, replicas {}..{}, risk target {}",
+                args.target_utilization,
+                args.min_replicas,
+                args.max_replicas.map_or("unbounded".to_string(), |m| m.to_string()),
+                args.risk
+            ),
+        ));
+    }
+    out
+}
+
+/// The deployment of the scaling what-if, when `--replica-capacity` and `--startup` are
+/// given; checked before anything runs.
+fn deployment(args: &BacktestArgs) -> Result<Option<crate::scaling::Deployment>, Failure> {
+    let (Some(capacity), Some(startup)) = (args.replica_capacity, args.startup) else {
+        return Ok(None);
+    };
+    let startup: std::time::Duration = startup.into();
+    if startup.subsec_nanos() != 0 {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--startup must be 0s, 5m or 10m, got {}",
+            humantime::format_duration(startup)
+        )));
+    }
+    if !(args.risk >= 0.0 && args.risk < 1.0) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--risk must be a share in [0, 1), got {}",
+            args.risk
+        )));
+    }
+    let d = crate::scaling::Deployment {
+        utilization: args.target_utilization,
+        min_replicas: args.min_replicas,
+        max_replicas: args.max_replicas,
+        warmup_seconds: args.warmup_seconds,
+        ..crate::scaling::Deployment::new(capacity, startup.as_secs() as i64)
+    };
+    d.check().map_err(Failure::usage)?;
+    Ok(Some(d))
 }
 
 #[cfg(test)]

@@ -175,4 +175,31 @@ pub struct BacktestArgs {
     /// The card of `--model`.
     #[arg(long, requires = "model")]
     pub model_card: Option<PathBuf>,
+    /// Scaling what-if: requests per second one replica serves (req/s per replica, at the
+    /// load you would run it at). With `--startup`, replays KEDA with flowcast's upper
+    /// bound against a reactive HPA and an oracle, and recommends a horizon, a headroom
+    /// and the KEDA thresholds.
+    #[arg(long, requires = "startup")]
+    pub replica_capacity: Option<f64>,
+    /// Scaling what-if: time from a scaling decision to a ready replica (humantime: 0s, 5m
+    /// or 10m); the forecast read is the one for D + 5 minutes.
+    #[arg(long, requires = "replica_capacity")]
+    pub startup: Option<humantime::Duration>,
+    /// Scaling what-if: the reactive HPA's target utilisation, in (0, 1].
+    #[arg(long, default_value_t = 0.8)]
+    pub target_utilization: f64,
+    /// Scaling what-if: fewest replicas.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_replicas: u32,
+    /// Scaling what-if: most replicas (unbounded by default).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_replicas: Option<u32>,
+    /// Scaling what-if: the share of 5-minute windows the recommendation may leave
+    /// under-provisioned (0.02 = 2 %).
+    #[arg(long, default_value_t = 0.02)]
+    pub risk: f64,
+    /// Write a self-contained HTML report (band over observed, scores against baselines
+    /// run on the same data, the what-if, the settings).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }

@@ -1,7 +1,8 @@
 //! `flowcast demo`: a synthetic application on loopback and the real sidecar scraping it.
 //!
 //! Owns the synthetic traffic (a daily cycle, noise and bursts, per route) and the seeding
-//! of three-plus hours of history, so that forecasts are ready within seconds. Everything
+//! of the past hours (history, and the forecasts the engine would have made over them), so
+//! that forecasts and the page's track record are there within seconds. Everything
 //! after seeding is the live sidecar unchanged: real HTTP scrapes, real parsing, the same
 //! engine and server.
 
@@ -22,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{DemoArgs, Failure};
 use crate::clock::system_now;
 use crate::config::{Config, FileConfig};
-use crate::history::MINUTE_SECONDS;
+use crate::history::{MINUTE_SECONDS, STEP_SECONDS};
+use crate::model::ModelError;
 use crate::sidecar::{self, Sidecar};
 
 /// Routes of the synthetic app and their base rates (req/s).
@@ -119,21 +121,38 @@ pub fn config(app: SocketAddr, listen: SocketAddr) -> Result<Config, crate::conf
         series_name: Some("demo".to_string()),
         scrape_interval: Some("5s".to_string()),
         forecast_interval: Some("15s".to_string()),
+        // So the page shows the replica recommendation too.
+        replica_capacity: Some(25.0),
         listen: Some(listen.to_string()),
         ..FileConfig::default()
     }
     .validate()
 }
 
-/// Records the synthetic rates of the `SEED_MINUTES` minutes before `now` into the sidecar.
-pub fn seed_history(sidecar: &mut Sidecar, now: f64) {
+/// Minutes of past forecasts replayed before the sidecar starts: the web page's track
+/// record (3 hours of steps and the 15 minutes ahead of the oldest).
+pub const TRACK_SEED_MINUTES: i64 = 3 * 60 + 15;
+
+/// Seeds the sidecar as if it had run for the last hours: records the synthetic rates of
+/// the `SEED_MINUTES + TRACK_SEED_MINUTES` minutes before `now`, minute by minute, and runs
+/// the engine at every 5-minute origin of the last `TRACK_SEED_MINUTES`, publishing each
+/// tick as the live loop would. So the history holds `SEED_MINUTES` at the end, the
+/// calibration has learnt from those ticks, and the page has a track record at once.
+pub fn seed_history(sidecar: &mut Sidecar, now: f64) -> Result<(), ModelError> {
     let now_minute = (now / MINUTE_SECONDS as f64).floor() as i64;
-    for (i, (route, _)) in ROUTES.iter().enumerate() {
-        let key = vec![(*route).to_string()];
-        for m in now_minute - SEED_MINUTES..now_minute {
-            sidecar.engine.record_rate(&key, m, rate(i, m));
+    let replay_from = now_minute - TRACK_SEED_MINUTES;
+    let keys: Vec<Vec<String>> = ROUTES.iter().map(|(r, _)| vec![(*r).to_string()]).collect();
+    for m in replay_from - SEED_MINUTES..now_minute {
+        for (i, key) in keys.iter().enumerate() {
+            sidecar.engine.record_rate(key, m, rate(i, m));
+        }
+        let end = (m + 1) * MINUTE_SECONDS;
+        if m + 1 > replay_from && end % STEP_SECONDS == 0 && end < now_minute * MINUTE_SECONDS {
+            let report = sidecar.engine.tick(end)?;
+            sidecar.shared.publish(report);
         }
     }
+    Ok(())
 }
 
 /// Runs the demo until `shutdown`: binds the app on an ephemeral loopback port and the
@@ -150,7 +169,10 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Res
     let from = (now / 60.0).floor() as i64 - SEED_MINUTES;
     let model = Arc::new(sidecar::load_model(&config.model)?);
     let mut sidecar = Sidecar::new(&config, model)?;
-    seed_history(&mut sidecar, now);
+    // The replay is inference: off the runtime's workers.
+    let sidecar =
+        tokio::task::spawn_blocking(move || seed_history(&mut sidecar, now).map(|()| sidecar))
+            .await??;
     let app = tokio::spawn(serve_app(app_listener, from, shutdown.clone()));
     // A closed stdout (a pipe whose reader went away) must not stop the demo.
     let banner = format!(
@@ -197,6 +219,36 @@ mod tests {
             (0..1440).any(|m| rate(0, m) > 2.0 * rate(0, m - 6).max(rate(0, m + 6))),
             "bursts"
         );
+    }
+
+    /// Seeding leaves the history full and a track record of three hours: every past step
+    /// has its observed value and the bands forecast for it 5, 10 and 15 minutes earlier.
+    #[test]
+    fn seeding_leaves_a_track_record() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let config = config(addr, addr).expect("config");
+        let model = Arc::new(crate::model::Model::embedded().expect("model"));
+        let mut sidecar = Sidecar::new(&config, model).expect("sidecar");
+        let now = 1_700_000_030.0;
+        seed_history(&mut sidecar, now).expect("seeded");
+        let origin = sidecar.shared.latest().origin;
+        assert_eq!(
+            origin,
+            1_700_000_100 - 300,
+            "the last whole 5 minutes before now"
+        );
+        let book = sidecar.shared.track();
+        assert_eq!(book.len(), ROUTES.len());
+        for (route, _) in ROUTES {
+            let steps = book.get(&[route.to_string()]).expect("a record").steps();
+            let past: Vec<_> = steps.iter().filter(|s| s.start + 300 <= origin).collect();
+            assert_eq!(past.len(), crate::track::TRACK_STEPS);
+            assert!(past.iter().all(|s| s.observed.is_some()), "{route}");
+            for h in 0..3 {
+                let banded = past.iter().filter(|s| s.bands[h].is_some()).count();
+                assert!(banded >= 33, "{route}: {banded} steps with a {h} band");
+            }
+        }
     }
 
     #[test]

@@ -35,18 +35,26 @@
 //! | [`shared`] | what the server reads: the latest tick's reports, capacity signals, readiness |
 //! | [`metrics`] | every metric's name, help and unit |
 //! | [`gauge_table`] | the per-series gauge table and the `/metrics` text/gzip encoding |
-//! | [`server`] | hyper: `/metrics`, `/healthz`, `/readyz`, `/`, `/api/v1/forecast` |
+//! | [`server`] | hyper: `/metrics`, `/healthz`, `/readyz`, `/`, `/api/v1/forecast` (routing) |
+//! | [`page`] | the live web page at `/`: track record, band ahead, coverage, replicas |
+//! | [`track`] | per series, the bands forecast for the last 3 hours of steps (bounded) |
+//! | [`chart`] | inline SVG charts (axes in req/s and UTC, bands, lines, marks) for page and report |
 //! | [`state`] | the `--state-dir` snapshot file format: write, read, vet |
 //! | [`pages`] | giving start-up code pages back to the system (the one `unsafe` call) |
 //! | [`faults`] | scripted faults for tests, compiled only with the `fault-injection` feature |
 //! | [`demo`] | `flowcast demo`: a synthetic app and the real sidecar on loopback |
 //! | [`backtest`] | `flowcast backtest`: replay a CSV on a simulated clock, score, plot |
+//! | [`scaling`] | the backtest's scaling what-if (scaling.py's model) and its recommendation |
+//! | [`report`] | `backtest --report`: the self-contained HTML report of one backtest |
+//! | [`baselines`] | persistence, PromQL and Holt baselines run in-process (baselines.py's a, c, d) |
 //! | [`bench`] | `flowcast bench`: timed ticks of synthetic series, and the soak |
 
 pub mod backoff;
 pub mod backtest;
 pub mod band;
+pub mod baselines;
 pub mod bench;
+pub mod chart;
 pub mod cli;
 pub mod clock;
 pub mod combine;
@@ -61,8 +69,11 @@ pub mod history;
 pub mod live;
 pub mod metrics;
 pub mod model;
+pub mod page;
 pub mod pages;
 pub mod promapi;
+pub mod report;
+pub mod scaling;
 pub mod scrape;
 pub mod selector;
 pub mod server;
@@ -71,6 +82,7 @@ pub mod shared;
 pub mod sidecar;
 pub mod source;
 pub mod state;
+pub mod track;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -241,7 +240,7 @@ fn route(shared: &Shared, req: Request<Incoming>, hold: Option<Duration>) -> Res
                 with_type(Response::new(Chunks::from(body)), "application/json")
             }
             "/" => with_type(
-                Response::new(Chunks::from(page(shared, &shared.latest()))),
+                Response::new(Chunks::from(crate::page::render(shared, &shared.latest()))),
                 "text/html; charset=utf-8",
             ),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -394,135 +393,6 @@ pub fn forecast_json(shared: &Shared, report: &TickReport) -> serde_json::Value 
         })
         .collect();
     json!({"origin": report.origin, "series": series})
-}
-
-/// The web page: per series, the last three hours of step values and the band for the
-/// next 15 minutes, as inline SVG. No scripts, no external assets.
-pub fn page(shared: &Shared, report: &TickReport) -> String {
-    let mut html = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>flowcast</title>\
-         <meta http-equiv=\"refresh\" content=\"30\"><style>body{font:14px system-ui,sans-serif;margin:2em;color:#222}\
-         .s{margin-bottom:2em}svg{background:#fafafa;border:1px solid #ddd}.k{color:#666}</style></head><body>\
-         <h1>flowcast</h1><p class=\"k\">Peak 1-minute request rate per 5-minute step (req/s); shaded: the 95% band for the next 15 minutes.</p>",
-    );
-    if report.series.is_empty() {
-        html.push_str("<p>No series yet: waiting for the first scrape.</p>");
-    }
-    for s in &report.series {
-        let name = std::iter::once(shared.series_name.as_str())
-            .chain(s.key.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join(" / ");
-        let _ = write!(
-            html,
-            "<div class=\"s\"><h2>{}</h2><p class=\"k\">ready: {} · history: {:.0} min · coverage (5m): {}</p>{}</div>",
-            escape(&name),
-            if s.forecast.is_some() { "yes" } else { "no" },
-            s.history_seconds / 60.0,
-            s.band_coverage[0].map_or("–".to_string(), |c| format!("{:.0}%", c * 100.0)),
-            chart(&s.recent_steps, s.forecast.as_ref()),
-        );
-    }
-    html.push_str("</body></html>");
-    html
-}
-
-fn chart(steps: &[Option<f64>], forecast: Option<&crate::band::Forecast>) -> String {
-    const W: f64 = 720.0;
-    const H: f64 = 200.0;
-    let n = steps.len() + forecast.map_or(0, |f| f.horizons.len());
-    let max = steps
-        .iter()
-        .flatten()
-        .copied()
-        .chain(
-            forecast
-                .iter()
-                .flat_map(|f| f.horizons.iter().map(|i| i.upper)),
-        )
-        .fold(0.0f64, f64::max)
-        .max(1e-9);
-    let x = |i: usize| 10.0 + (W - 20.0) * i as f64 / (n.max(2) - 1) as f64;
-    let y = |v: f64| H - 10.0 - (H - 20.0) * (v / max);
-    let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\">");
-    if let Some(f) = forecast {
-        let last = steps.len().saturating_sub(1);
-        let mut band = String::new();
-        let start = steps.last().copied().flatten();
-        // The band starts at the newest observation and fans out over the horizons.
-        let edge = |bound: fn(&crate::band::Interval) -> f64| -> Vec<(f64, f64)> {
-            start
-                .map(|v| (x(last), y(v)))
-                .into_iter()
-                .chain(
-                    f.horizons
-                        .iter()
-                        .enumerate()
-                        .map(|(h, i)| (x(steps.len() + h), y(bound(i)))),
-                )
-                .collect()
-        };
-        let (upper, lower) = (edge(|i| i.upper), edge(|i| i.lower));
-        for (i, (px, py)) in upper.iter().chain(lower.iter().rev()).enumerate() {
-            let _ = write!(band, "{}{px:.1},{py:.1} ", if i == 0 { "M" } else { "L" });
-        }
-        let _ = write!(svg, "<path class=\"band\" d=\"{band}Z\" fill=\"#f4a261\" fill-opacity=\"0.35\" stroke=\"none\"/>");
-        // The mean, like the band, continues from the newest observation.
-        let mut mean = String::new();
-        let points = start.map(|v| (x(last), y(v))).into_iter().chain(
-            f.horizons
-                .iter()
-                .enumerate()
-                .map(|(h, i)| (x(steps.len() + h), y(i.mean))),
-        );
-        for (k, (px, py)) in points.enumerate() {
-            let _ = write!(mean, "{}{px:.1},{py:.1} ", if k == 0 { "M" } else { "L" });
-        }
-        let _ = write!(svg, "<path class=\"mean\" d=\"{mean}\" fill=\"none\" stroke=\"#e76f51\" stroke-width=\"2\" stroke-dasharray=\"4 3\"/>");
-    }
-    let mut line = String::new();
-    let mut pen_down = false;
-    for (i, v) in steps.iter().enumerate() {
-        match v {
-            Some(v) => {
-                let _ = write!(
-                    line,
-                    "{}{:.1},{:.1} ",
-                    if pen_down { "L" } else { "M" },
-                    x(i),
-                    y(*v)
-                );
-                pen_down = true;
-            }
-            None => pen_down = false,
-        }
-    }
-    let _ = write!(svg, "<path class=\"observed\" d=\"{line}\" fill=\"none\" stroke=\"#264653\" stroke-width=\"2\"/>");
-    // Time marks: the window's start, now (the newest step's end) and the last horizon.
-    let now_x = x(steps.len().saturating_sub(1));
-    let hours = steps.len() as f64 * 5.0 / 60.0;
-    let _ = write!(
-        svg,
-        "<line x1=\"{now_x:.1}\" y1=\"10\" x2=\"{now_x:.1}\" y2=\"{:.1}\" stroke=\"#bbb\" stroke-dasharray=\"2 3\"/>\
-         <text x=\"12\" y=\"16\" font-size=\"11\" fill=\"#666\">max {max:.3} req/s</text>\
-         <text x=\"12\" y=\"{:.1}\" font-size=\"10\" fill=\"#888\">-{hours:.0} h</text>\
-         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#888\" text-anchor=\"end\">now</text>\
-         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#888\" text-anchor=\"end\">+15 min</text></svg>",
-        H - 10.0,
-        H - 2.0,
-        now_x - 3.0,
-        H - 2.0,
-        W - 4.0,
-        H - 2.0
-    );
-    svg
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

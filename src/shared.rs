@@ -1,12 +1,12 @@
-//! The state the HTTP server reads: [`Shared`], the reports of the latest tick and the
-//! capacity signals derived from them.
+//! The state the HTTP server reads: [`Shared`], the reports of the latest tick, the track
+//! record of past bands built from them, and the capacity signals derived from them.
 //!
 //! The live loop writes (publishes a [`TickReport`] to the gauges and to the readers); the
 //! server only reads. It knows nothing of the engine or the model, so the server reaches
 //! neither. Locks are held only to swap or clone an `Arc`.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
@@ -14,6 +14,7 @@ use crate::band::{Forecast, Judgement};
 use crate::config::Capacity;
 use crate::features::HORIZON_STEPS;
 use crate::metrics::{Metrics, SeriesStatus};
+use crate::track::TrackBook;
 
 /// One series' result at one tick.
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +81,8 @@ pub struct Shared {
     pub capacity: Capacity,
     /// Credentials required on flowcast's own endpoints (none by default).
     pub endpoint_auth: crate::scrape::HttpAuth,
+    /// The bands forecast for past steps, for the web page (fed by [`Shared::publish`]).
+    track: Mutex<TrackBook>,
 }
 
 impl Shared {
@@ -93,6 +96,15 @@ impl Shared {
             ready: AtomicBool::new(false),
             capacity: Capacity::default(),
             endpoint_auth: crate::scrape::HttpAuth::default(),
+            track: Mutex::new(TrackBook::default()),
+        }
+    }
+
+    /// The track record, locked: hold it only to copy what is needed.
+    pub fn track(&self) -> MutexGuard<'_, TrackBook> {
+        match self.track.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
@@ -155,6 +167,7 @@ impl Shared {
         }
         self.metrics.series_count.set(report.series.len() as i64);
         self.metrics.refresh_series();
+        self.track().record(&report);
         self.set_latest(Arc::new(report));
     }
 }

@@ -1,9 +1,12 @@
 //! The web page in a real headless Chromium (issue #5): `flowcast demo` on loopback, the
-//! page rendered by the browser, its DOM and a screenshot checked.
+//! page rendered by the browser, its DOM and a screenshot checked, the track record of
+//! past bands included (issue #16); and the backtest's HTML report on a development
+//! series: no console errors, one chart point per step of the data.
 //!
-//! Needs Debian's `chromium` package. Without it the test says so and skips, unless
-//! `FLOWCAST_REQUIRE_TOOLS=1` is set. With `FLOWCAST_WRITE_SCREENSHOT=1` the screenshot is
-//! also written to `docs/web-page.png`, the image the README shows:
+//! Needs Debian's `chromium` package (the report also `../shared`). Without it the test
+//! says so and skips, unless `FLOWCAST_REQUIRE_TOOLS=1` is set. With
+//! `FLOWCAST_WRITE_SCREENSHOT=1` the screenshots are also written to `docs/web-page.png`,
+//! the image the README shows, and `docs/backtest-report.png`:
 //!
 //! ```sh
 //! FLOWCAST_WRITE_SCREENSHOT=1 cargo test --release --test browser
@@ -17,7 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use flowcast::exposition::{self, Format};
-use support::{tool, ChildGuard};
+use support::{shared_dir, tool, ChildGuard};
 
 // Shared with the integration tests; this crate uses only part of it.
 #[allow(dead_code)]
@@ -29,11 +32,16 @@ const SERIES: &str = "demo";
 const ROUTES: [&str; 2] = ["/api/orders", "/api/search"];
 /// Browser window; the page is about 750 px wide, so the screenshot stays small.
 const WINDOW: (u32, u32) = (800, 760);
-/// Chart colours from src/server.rs, as painted: the observed line, the mean line, and the
+/// Chart colours from src/page.rs, as painted: the observed line, the mean line, and the
 /// band (#f4a261 at 35 % opacity over the chart's #fafafa background).
 const OBSERVED_RGB: [u8; 3] = [0x26, 0x46, 0x53];
 const MEAN_RGB: [u8; 3] = [0xe7, 0x6f, 0x51];
 const BAND_RGB: [u8; 3] = [248, 219, 196];
+/// The past bands where all three overlap: #4a7fc1 at 18 % opacity three times over
+/// #fafafa (1 − 0.82³ = 45 % of the colour).
+const PAST_RGB: [u8; 3] = [171, 195, 224];
+/// The report's browser window.
+const REPORT_WINDOW: (u32, u32) = (1180, 2300);
 /// One Chromium run (start, load over loopback, render, exit) must finish within this.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -62,7 +70,11 @@ async fn chromium_renders_the_chart_of_every_series() {
             let dom = chromium_run(
                 &chromium,
                 &dir.join("profile-dom"),
-                &["--dump-dom".to_string()],
+                &[
+                    "--dump-dom".to_string(),
+                    "--enable-logging=stderr".to_string(),
+                    "--v=0".to_string(),
+                ],
                 &url,
             );
             let shot = chromium_run(
@@ -82,6 +94,8 @@ async fn chromium_renders_the_chart_of_every_series() {
     );
 
     check_dom(&dom.stdout);
+    check_track_record(&dom.stdout);
+    assert_eq!(console_messages(&dom.stderr), Vec::<String>::new());
     let png = std::fs::read(&screenshot).unwrap_or_else(|e| {
         panic!(
             "chromium wrote no screenshot at {} ({e}); stderr:\n{}",
@@ -100,6 +114,154 @@ async fn chromium_renders_the_chart_of_every_series() {
             WINDOW.0,
             WINDOW.1
         );
+    }
+}
+
+/// The development series of the report test: 51 days of 5-minute ISP traffic, strongly
+/// seasonal, no holes, so each data row is one step of the chart.
+const REPORT_SERIES: &str = "isp_internet_traffic_eu_5min.csv";
+
+/// `flowcast backtest --report` on a development series, rendered by Chromium: no console
+/// message (and a broken copy does log one, so the check can fail), the main chart has one
+/// point per step of the data, every section is there; the render time is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_renders_the_backtest_report() {
+    let (Some(chromium), Some(shared)) = (tool("chromium"), shared_dir()) else {
+        return;
+    };
+    let dir = TempDir::new("flowcast-report");
+    let data = shared.join("data/traffic").join(REPORT_SERIES);
+    let text = std::fs::read_to_string(&data).expect("the development series");
+    let rows = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    // A quarter of the median step rate per replica, as scaling.py chooses by default.
+    let mut rates: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(',')?.1.trim().parse::<f64>().ok())
+        .map(|v| v / 300.0)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let capacity = rates[rates.len() / 2] / 4.0;
+    let report = dir.0.join("report.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_flowcast"))
+        .arg("backtest")
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.0.join("fc.csv"))
+        .args([
+            "--replica-capacity",
+            &format!("{capacity:.6}"),
+            "--startup",
+            "5m",
+        ])
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .expect("flowcast runs");
+    assert!(
+        out.status.success(),
+        "backtest failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&report).expect("the report");
+    // A copy that logs to the console: the check below must see it.
+    let broken = dir.0.join("broken.html");
+    std::fs::write(
+        &broken,
+        html.replace(
+            "</body>",
+            "<script>console.error('control'); undefinedFunction();</script></body>",
+        ),
+    )
+    .expect("write the broken copy");
+    let blank = dir.0.join("blank.html");
+    std::fs::write(&blank, "<!doctype html><html><body></body></html>").expect("blank");
+    let screenshot = dir.0.join("report.png");
+    let url = |p: &Path| format!("file://{}", p.display());
+    let logging = |extra: &str| {
+        vec![
+            extra.to_string(),
+            "--enable-logging=stderr".to_string(),
+            "--v=0".to_string(),
+        ]
+    };
+    let (dom, control, shot, blank_shot) = tokio::task::spawn_blocking({
+        let (chromium, profile) = (chromium.clone(), dir.0.clone());
+        let (report_url, broken_url, blank_url) = (url(&report), url(&broken), url(&blank));
+        let shot_arg = format!("--screenshot={}", screenshot.display());
+        let blank_arg = format!("--screenshot={}", dir.0.join("blank.png").display());
+        move || {
+            let run = |name: &str, args: Vec<String>, url: &str| {
+                chromium_run_sized(&chromium, &profile.join(name), REPORT_WINDOW, &args, url)
+            };
+            (
+                run("dom", logging("--dump-dom"), &report_url),
+                run("control", logging("--dump-dom"), &broken_url),
+                run("shot", vec![shot_arg], &report_url),
+                run("blank", vec![blank_arg], &blank_url),
+            )
+        }
+    })
+    .await
+    .expect("the chromium runs do not panic");
+
+    assert_eq!(
+        console_messages(&dom.stderr),
+        Vec::<String>::new(),
+        "the report logged to the console"
+    );
+    let control_messages = console_messages(&control.stderr);
+    assert!(
+        control_messages.iter().any(|m| m.contains("control"))
+            && control_messages
+                .iter()
+                .any(|m| m.contains("undefinedFunction")),
+        "the console check sees nothing: {control_messages:?}"
+    );
+    let dom = dom.stdout;
+    let overview_at = dom.find("id=\"overview\"").expect("the overview chart");
+    let overview = &dom[overview_at..];
+    let overview = &overview[..overview.find("</svg>").expect("its end")];
+    let d = path_data(overview, "observed").expect("the observed line");
+    let points = points(&d).expect("well-formed path data");
+    assert_eq!(
+        points.len(),
+        rows,
+        "one chart point per 5-minute step of the data"
+    );
+    assert!(path_data(overview, "band5m").is_some(), "the band");
+    for part in [
+        "id=\"summary\"",
+        "The worst days, closer",
+        "id=\"scores\"",
+        "PromQL predict_linear",
+        "Holt",
+        "id=\"what-if\"",
+        "id=\"recommendation\"",
+        "model fingerprint",
+        ">req/s</text>",
+    ] {
+        assert!(dom.contains(part), "the report has no {part}");
+    }
+    let png = std::fs::read(&screenshot).expect("a screenshot");
+    eprintln!(
+        "report: {} bytes, {} rows; chromium --screenshot {:.2?} (blank page {:.2?}), --dump-dom {:.2?}",
+        html.len(),
+        rows,
+        shot.elapsed,
+        blank_shot.elapsed,
+        control.elapsed
+    );
+    if std::env::var_os("FLOWCAST_WRITE_SCREENSHOT").is_some_and(|v| v == "1") {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::write(docs.join("backtest-report.png"), &png)
+            .expect("write docs/backtest-report.png");
+        eprintln!("wrote docs/backtest-report.png ({} bytes)", png.len());
     }
 }
 
@@ -155,6 +317,57 @@ fn check_dom(dom: &str) {
             }
         }
     }
+}
+
+/// Issue #16: each series' chart draws the bands forecast 5, 10 and 15 minutes before each
+/// past step (about three hours of them, the demo's seeded track record) over a y-axis
+/// labelled in req/s, and the page states the coverage per horizon and the replicas.
+fn check_track_record(dom: &str) {
+    for route in ROUTES {
+        let heading = format!("<h2>{SERIES} / {route}</h2>");
+        let start = dom.find(&heading).expect("section");
+        let end = dom[start..].find("</div>").map_or(dom.len(), |i| start + i);
+        let section = &dom[start..end];
+        for class in ["past5m", "past10m", "past15m"] {
+            let d = path_data(section, class)
+                .unwrap_or_else(|| panic!("{route}: no past band {class}:\n{section}"));
+            let points =
+                points(&d).unwrap_or_else(|| panic!("{route}: {class} path has malformed d={d:?}"));
+            // 36 steps, upper and lower edges: a polygon of about 72 points.
+            assert!(
+                points.len() >= 60,
+                "{route}: {class} has {} points",
+                points.len()
+            );
+            for (x, y) in points {
+                assert!(
+                    (0.0..=720.0).contains(&x) && (0.0..=200.0).contains(&y),
+                    "{route}: {class} point ({x}, {y}) outside the chart"
+                );
+            }
+        }
+        let ticks = section.matches("class=\"ytick\"").count();
+        assert!(ticks >= 3, "{route}: {ticks} y-axis ticks");
+        assert!(section.contains(">req/s</text>"), "{route}: no y-axis unit");
+        assert!(
+            section.contains("coverage per horizon"),
+            "{route}: no coverage per horizon"
+        );
+        assert!(
+            section.contains("recommended replicas at 25 req/s per replica"),
+            "{route}: no replicas:\n{section}"
+        );
+    }
+}
+
+/// Console messages Chromium logged (`--enable-logging=stderr --v=0`): errors, warnings
+/// and logs of the page.
+fn console_messages(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The `d` attribute of the first `<path>` with this class, as Chromium serialised it.
@@ -231,6 +444,7 @@ fn check_screenshot(png: &[u8]) {
         ("observed line", OBSERVED_RGB, 1000),
         ("mean line", MEAN_RGB, 10),
         ("band", BAND_RGB, 200),
+        ("past bands", PAST_RGB, 1000),
     ] {
         let n = near(rgb);
         eprintln!("screenshot: {n} px of the {what}");
@@ -248,6 +462,17 @@ struct BrowserRun {
 /// Runs headless Chromium on `url` with a fresh profile, bounded by [`BROWSER_TIMEOUT`]:
 /// a hung browser is killed (by its handle) and the test fails with its stderr.
 fn chromium_run(chromium: &Path, profile: &Path, extra: &[String], url: &str) -> BrowserRun {
+    chromium_run_sized(chromium, profile, WINDOW, extra, url)
+}
+
+/// [`chromium_run`] with a window of `size`.
+fn chromium_run_sized(
+    chromium: &Path,
+    profile: &Path,
+    size: (u32, u32),
+    extra: &[String],
+    url: &str,
+) -> BrowserRun {
     let started = Instant::now();
     let mut child = ChildGuard(
         Command::new(chromium)
@@ -260,9 +485,12 @@ fn chromium_run(chromium: &Path, profile: &Path, extra: &[String], url: &str) ->
                 "--hide-scrollbars",
                 "--no-first-run",
                 "--disable-extensions",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(format!("--window-size={},{}", WINDOW.0, WINDOW.1))
+            .arg(format!("--window-size={},{}", size.0, size.1))
             .args(extra)
             .arg(url)
             .stdin(Stdio::null())

@@ -1,12 +1,21 @@
-//! `deploy/keda/scaledobject.yaml` against KEDA's ScaledObject CRD schema (the relevant
-//! part, in keda_scaledobject_schema.yaml) and the rules KEDA's webhook adds, and against
-//! what flowcast needs of it. A broken copy must be rejected, so the checker can fail.
+//! `deploy/keda/scaledobject.yaml` and `deploy/keda/scaledobject-metrics-api.yaml` against
+//! KEDA's ScaledObject CRD schema (the relevant part, in keda_scaledobject_schema.yaml), the
+//! rules KEDA's webhook adds and the metadata its prometheus and metrics-api scalers need,
+//! and against what flowcast needs of them. A broken copy must be rejected, so the checker
+//! can fail.
 
 use serde_json::{json, Value};
 
 use crate::{object_of_kind, read, yaml_documents, yaml_file};
 
 pub const SCALED_OBJECT: &str = "deploy/keda/scaledobject.yaml";
+/// The ScaledObject that reads `/api/v1/forecast` with KEDA's metrics-api scaler.
+pub const METRICS_API: &str = "deploy/keda/scaledobject-metrics-api.yaml";
+
+/// The metrics-api ScaledObject as parsed from the repository.
+pub fn metrics_api_scaled_object() -> Value {
+    object_of_kind(&yaml_file(METRICS_API), "ScaledObject").clone()
+}
 
 /// The ScaledObject as parsed from the repository.
 pub fn scaled_object() -> Value {
@@ -163,7 +172,122 @@ pub fn scaled_object_errors(object: &Value) -> Vec<String> {
             }
         }
     }
+    // The metrics-api scaler's metadata: url and valueLocation (for json) are required,
+    // targetValue too (it is not used as a metric source here); numbers are strings.
+    for (i, t) in triggers.iter().enumerate() {
+        if t["type"] != "metrics-api" {
+            continue;
+        }
+        let meta = &t["metadata"];
+        for key in ["url", "valueLocation", "targetValue"] {
+            if meta[key].as_str().is_none_or(str::is_empty) {
+                errors.push(format!(".spec.triggers[{i}].metadata.{key}: required"));
+            }
+        }
+        for key in ["targetValue", "activationTargetValue"] {
+            if let Some(s) = meta[key].as_str() {
+                if !s.parse::<f64>().is_ok_and(|v| v.is_finite() && v > 0.0) {
+                    errors.push(format!(
+                        ".spec.triggers[{i}].metadata.{key}: {s:?} is not a positive number"
+                    ));
+                }
+            }
+        }
+        if let Some(f) = meta["format"].as_str() {
+            if !["json", "xml", "yaml", "prometheus"].contains(&f) {
+                errors.push(format!(
+                    ".spec.triggers[{i}].metadata.format: {f:?} is not json, xml, yaml or prometheus"
+                ));
+            }
+        }
+        if let Some(url) = meta["url"].as_str() {
+            // Go's HTTP client takes http and https only.
+            if !url::Url::parse(url).is_ok_and(|u| ["http", "https"].contains(&u.scheme())) {
+                errors.push(format!(
+                    ".spec.triggers[{i}].metadata.url: {url:?} is not an http(s) URL"
+                ));
+            }
+        }
+    }
     errors
+}
+
+#[test]
+fn the_metrics_api_scaled_object_is_valid_for_keda() {
+    let errors = scaled_object_errors(&metrics_api_scaled_object());
+    assert!(
+        errors.is_empty(),
+        "KEDA would refuse it:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// The metrics-api variant scales the same Deployment in the same way as the Prometheus
+/// one (fallback, behaviour, capacity), reads the 10m upper bound of series "api" from the
+/// forecaster's Service, and that Service reaches the forecaster's pods on their port.
+#[test]
+fn the_metrics_api_scaled_object_reads_the_forecaster_service() {
+    let (so, prom) = (metrics_api_scaled_object(), scaled_object());
+    for key in [
+        "scaleTargetRef",
+        "fallback",
+        "advanced",
+        "minReplicaCount",
+        "maxReplicaCount",
+    ] {
+        assert_eq!(so["spec"][key], prom["spec"][key], "{key} differs");
+    }
+    let predictive = trigger(&so, "forecast-upper-10m");
+    assert_eq!(predictive["type"], "metrics-api");
+    assert_eq!(predictive["metricType"], "AverageValue");
+    assert_eq!(
+        predictive["metadata"]["targetValue"],
+        trigger(&prom, "forecast-upper-10m")["metadata"]["threshold"],
+        "the same per-replica capacity"
+    );
+    assert_eq!(
+        predictive["metadata"]["valueLocation"],
+        crate::keda_metrics_api::PREDICTIVE_LOCATION
+    );
+    let reactive = trigger(&so, "observed-peak");
+    assert_eq!(
+        reactive["metadata"]["valueLocation"],
+        crate::keda_metrics_api::REACTIVE_LOCATION
+    );
+    let service = object_of_kind(&yaml_file(METRICS_API), "Service").clone();
+    let forecaster = object_of_kind(
+        &yaml_documents(&read("deploy/kubernetes/service-forecaster.yaml")),
+        "Deployment",
+    )
+    .clone();
+    assert_eq!(
+        service["spec"]["selector"],
+        forecaster["spec"]["template"]["metadata"]["labels"]
+    );
+    let port = &service["spec"]["ports"][0];
+    let container_ports = &forecaster["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert!(
+        container_ports
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == port["targetPort"]),
+        "targetPort {} is not a port of the forecaster",
+        port["targetPort"]
+    );
+    for t in [predictive, reactive] {
+        let url = url::Url::parse(t["metadata"]["url"].as_str().expect("url")).expect("a URL");
+        let host = url.host_str().expect("host");
+        assert!(
+            host.starts_with(&format!(
+                "{}.",
+                service["metadata"]["name"].as_str().expect("name")
+            )),
+            "{url} does not name the Service"
+        );
+        assert_eq!(url.port().map(i64::from), port["port"].as_i64());
+        assert_eq!(url.path(), "/api/v1/forecast");
+    }
 }
 
 #[test]
@@ -234,7 +358,6 @@ fn the_scaled_object_scales_on_the_forecast_upper_bound() {
 /// The checker rejects each of these broken copies, naming the field.
 #[test]
 fn the_checker_rejects_broken_scaled_objects() {
-    type Mutation = (&'static str, &'static str, fn(&mut Value));
     let mutations: [Mutation; 12] = [
         (
             "ignoreNullValues as a YAML boolean",
@@ -298,10 +421,38 @@ fn the_checker_rejects_broken_scaled_objects() {
     ];
     let original = scaled_object();
     assert!(scaled_object_errors(&original).is_empty());
-    for (what, field, mutate) in mutations {
+    check_mutations(&original, &mutations);
+    // The metrics-api scaler's own metadata.
+    let metrics_api: [Mutation; 4] = [
+        ("no valueLocation", "metadata.valueLocation", |so| {
+            so["spec"]["triggers"][0]["metadata"]
+                .as_object_mut()
+                .expect("metadata")
+                .remove("valueLocation");
+        }),
+        ("targetValue not a number", "metadata.targetValue", |so| {
+            so["spec"]["triggers"][0]["metadata"]["targetValue"] = json!("fifty")
+        }),
+        ("an unknown format", "metadata.format", |so| {
+            so["spec"]["triggers"][1]["metadata"]["format"] = json!("csv")
+        }),
+        ("url not a URL", "metadata.url", |so| {
+            so["spec"]["triggers"][1]["metadata"]["url"] = json!("flowcast:9464")
+        }),
+    ];
+    let original = metrics_api_scaled_object();
+    assert!(scaled_object_errors(&original).is_empty());
+    check_mutations(&original, &metrics_api);
+}
+
+type Mutation = (&'static str, &'static str, fn(&mut Value));
+
+/// Each mutation of `original` is rejected on its field.
+fn check_mutations(original: &Value, mutations: &[Mutation]) {
+    for &(what, field, mutate) in mutations {
         let mut broken = original.clone();
         mutate(&mut broken);
-        assert_ne!(broken, original, "{what}: the mutation changed nothing");
+        assert_ne!(&broken, original, "{what}: the mutation changed nothing");
         let errors = scaled_object_errors(&broken);
         assert!(
             errors.iter().any(|e| e.contains(field)),

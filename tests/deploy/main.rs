@@ -15,6 +15,7 @@ mod support;
 mod dashboard;
 mod dockerfile;
 mod keda;
+mod keda_metrics_api;
 mod kubernetes;
 mod prometheus;
 mod rules;

@@ -18,11 +18,11 @@ use crate::keda::{scaled_object, trigger};
 use crate::support::{free_port, read_metrics, value, FakeApp};
 use crate::{repo_path, scratch_dir, support};
 
-const SELECTOR: &str = "http_requests_total{code!~\"5..\"}";
+pub(crate) const SELECTOR: &str = "http_requests_total{code!~\"5..\"}";
 
 /// The fake application's exposition: Prometheus scrapes it as job "api" (for the reactive
 /// trigger's `http_requests_total{job="api"}`), and flowcast scrapes it as its target.
-fn exposition(ok: f64) -> String {
+pub(crate) fn exposition(ok: f64) -> String {
     format!(
         "# TYPE http_requests_total counter\n\
          http_requests_total{{code=\"200\"}} {ok}\n\
@@ -33,7 +33,7 @@ fn exposition(ok: f64) -> String {
 /// A snapshot with four hours of history (about 20 req/s) up to now, written as a previous
 /// flowcast with this configuration would have (as in restarts.rs); its identity comes
 /// from the same validated configuration the sidecar derives it from.
-fn seed_snapshot(dir: &Path, target: &str) {
+pub(crate) fn seed_snapshot(dir: &Path, target: &str) {
     let config = FileConfig {
         target: Some(target.to_string()),
         selector: Some(SELECTOR.to_string()),

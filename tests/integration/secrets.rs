@@ -1,7 +1,8 @@
 //! Secrets never leak and flowcast's own endpoints can require credentials: the real
 //! binary runs with a password in the target URL, a bearer token file for the target and
 //! one for its own endpoints, at debug log level against a target that refuses it; none
-//! of the secrets may appear in its logs or its /metrics.
+//! of the secrets may appear in its logs or its /metrics, and every endpoint but the probes,
+//! the web page included, needs the token.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,6 +52,7 @@ async fn secrets_stay_out_of_logs_and_metrics_and_endpoints_need_the_token() {
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     assert_eq!(get(&format!("{base}/metrics")).await.0, 401);
     assert_eq!(get(&format!("{base}/api/v1/forecast")).await.0, 401);
+    assert_eq!(get(&format!("{base}/")).await.0, 401, "the web page too");
     let client = reqwest::Client::new();
     let wrong = client
         .get(format!("{base}/metrics"))
@@ -62,6 +64,21 @@ async fn secrets_stay_out_of_logs_and_metrics_and_endpoints_need_the_token() {
         wrong.status().as_u16(),
         401,
         "a prefix of the token is not the token"
+    );
+    // The web page works behind the token: it is one self-contained document, so the
+    // authorised request is all a browser (or the proxy that adds the token) makes.
+    let page = client
+        .get(format!("{base}/"))
+        .bearer_auth("LISTENSECRET-2")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(page.status().as_u16(), 200);
+    let page = page.text().await.expect("body");
+    assert!(page.contains("<h1>flowcast</h1>"), "{page}");
+    assert!(
+        !page.contains(" src=") && !page.contains("<link") && !page.contains("<script"),
+        "the page loads nothing else: {page}"
     );
     // Let a few scrapes fail and be logged.
     let mut body = String::new();

@@ -132,6 +132,47 @@ pub fn tool(name: &str) -> Option<std::path::PathBuf> {
     found
 }
 
+/// `python3` with numpy and pandas (what `../shared/eval`'s scripts need), or `None` with a
+/// note when it is missing or cannot import them. With `FLOWCAST_REQUIRE_TOOLS=1` that is
+/// a failure instead (.ci/run installs them).
+pub fn python() -> Option<std::path::PathBuf> {
+    let python = tool("python3")?;
+    let imports = std::process::Command::new(&python)
+        .args(["-c", "import numpy, pandas"])
+        .output();
+    match imports {
+        Ok(out) if out.status.success() => Some(python),
+        other => {
+            let why = match other {
+                Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                std::env::var_os("FLOWCAST_REQUIRE_TOOLS").is_none(),
+                "python3 with numpy and pandas is required (FLOWCAST_REQUIRE_TOOLS is set): {why}"
+            );
+            eprintln!("note: python3 cannot import numpy and pandas; skipping (pip install numpy pandas): {why}");
+            None
+        }
+    }
+}
+
+/// `../shared` beside the repository (the evaluation scripts and the development data), or
+/// `None` with a note; with `FLOWCAST_REQUIRE_TOOLS=1` a missing one is a failure.
+pub fn shared_dir() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    if dir.join("eval/scaling.py").is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("FLOWCAST_REQUIRE_TOOLS").is_none(),
+        "{} is required (FLOWCAST_REQUIRE_TOOLS is set) but holds no eval/scaling.py",
+        dir.display()
+    );
+    eprintln!("note: {} is missing; skipping", dir.display());
+    None
+}
+
 /// Writes a `--state-dir` snapshot holding four hours of history (about 20 req/s) up to now
 /// for the series `key`, as a previous sidecar with this model and `config` would have, so
 /// a sidecar started on `dir` is ready at once.
