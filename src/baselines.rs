@@ -244,7 +244,7 @@ fn promql(t: &Targets) -> Band {
         vec![[f64::NAN; 3]; n],
         vec![[f64::NAN; 3]; n],
     );
-    for j in 0..n {
+    for (j, &last_j) in last.iter().enumerate() {
         let (mut cnt, mut sx, mut sy, mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         for (k, i) in (j as i64 - PROMQL_WINDOW as i64 + 1..=j as i64).enumerate() {
             let v = if i >= 0 { y[i as usize] } else { f64::NAN };
@@ -269,7 +269,7 @@ fn promql(t: &Targets) -> Band {
                 let m = p.iter().map(|&i| y[i]).sum::<f64>() / p.len() as f64;
                 (p.iter().map(|&i| (y[i] - m) * (y[i] - m)).sum::<f64>() / p.len() as f64).sqrt()
             };
-            (last[j], 0.0, sd)
+            (last_j, 0.0, sd)
         } else {
             let den = cnt * sxx - sx * sx;
             let slope = if den > 0.0 {
