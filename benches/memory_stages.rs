@@ -65,6 +65,7 @@ fn main() {
                 max_children: series,
                 max_gap_seconds: 120.0,
                 shard: None,
+                stale_after_seconds: None,
             },
         },
     );

@@ -250,6 +250,7 @@ pub fn run(
                 max_children: 1,
                 max_gap_seconds: f64::INFINITY,
                 shard: None,
+                stale_after_seconds: None,
             },
         },
     );

@@ -81,6 +81,7 @@ pub fn run(
                 max_children: series,
                 max_gap_seconds: 120.0,
                 shard: None,
+                stale_after_seconds: None,
             },
         },
     );
@@ -162,6 +163,7 @@ pub fn soak(
                 max_children: series * 8,
                 max_gap_seconds: 120.0,
                 shard: None,
+                stale_after_seconds: None,
             },
         },
     );

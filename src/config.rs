@@ -126,6 +126,12 @@ pub struct FileConfig {
     /// Default: 100.
     #[arg(long, env = "FLOWCAST_MAX_SERIES")]
     pub max_series: Option<usize>,
+    /// A series with no sample for this long leaves the set: its memory, its gauges and its
+    /// snapshot entry go, and `flowcast_series_evicted_total` counts it, so junk series
+    /// that came once do not hold `max_series` for good (humantime; 1m to 30d). Default:
+    /// `1h`.
+    #[arg(long, env = "FLOWCAST_SERIES_STALE_AFTER")]
+    pub series_stale_after: Option<String>,
     /// Forecast only shard I of N (`I/N`, 0 ≤ I < N): the series whose `by` label values
     /// hash to I with Prometheus's `hashmod` (MD5, `;` separator). N replicas with
     /// `0/N` … `N-1/N` split the series with no coordination. Needs `by`. Default: all.
@@ -282,6 +288,8 @@ pub struct Config {
     pub mc_passes: usize,
     /// Series cap.
     pub max_series: usize,
+    /// Eviction after this long without a sample.
+    pub series_stale_after: Duration,
     /// This replica's shard of the series (`--shard I/N`), if split.
     pub shard: Option<Shard>,
     /// Body cap in bytes.
@@ -406,6 +414,7 @@ impl FileConfig {
             forecast_interval: timing.forecast_interval,
             mc_passes: inference.mc_passes,
             max_series: series.max_series,
+            series_stale_after: series.stale_after,
             shard: series.shard,
             max_body_bytes: server.max_body_bytes,
             state_dir: state.dir,
@@ -576,7 +585,8 @@ impl FileConfig {
         })
     }
 
-    /// The series section: `by`, `series_name`, `max_series` and `shard`.
+    /// The series section: `by`, `series_name`, `max_series`, `series_stale_after` and
+    /// `shard`.
     fn series(&self) -> Result<SeriesSection, ConfigError> {
         let by = self.by.clone().unwrap_or_default();
         for (i, label) in by.iter().enumerate() {
@@ -612,6 +622,14 @@ impl FileConfig {
         if !(1..=100_000).contains(&max_series) {
             return Err(invalid("max_series", "must be between 1 and 100000"));
         }
+        let stale_after = duration(
+            "series_stale_after",
+            self.series_stale_after.as_deref(),
+            Duration::from_secs(3600),
+        )?;
+        if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86_400)).contains(&stale_after) {
+            return Err(invalid("series_stale_after", "must be between 1m and 30d"));
+        }
         let shard = match self.shard.as_deref() {
             None => None,
             Some(text) => {
@@ -631,6 +649,7 @@ impl FileConfig {
             by,
             name,
             max_series,
+            stale_after,
             shard,
         })
     }
@@ -804,11 +823,12 @@ impl FileConfig {
     }
 }
 
-/// Validated `by`, `series_name`, `max_series`, `shard`.
+/// Validated `by`, `series_name`, `max_series`, `series_stale_after`, `shard`.
 struct SeriesSection {
     by: Vec<String>,
     name: String,
     max_series: usize,
+    stale_after: Duration,
     shard: Option<Shard>,
 }
 

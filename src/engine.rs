@@ -223,7 +223,11 @@ impl Engine {
     /// when the series cap refuses the series or the ring refuses the minute.
     pub fn record_rate(&mut self, key: &[String], minute: i64, rate: f64) -> bool {
         match self.set.series_index(key) {
-            Some(i) => self.set.series_mut()[i].ring.record(minute, rate),
+            Some(i) => {
+                let series = &mut self.set.series_mut()[i];
+                series.touch(((minute + 1) * MINUTE_SECONDS) as f64);
+                series.ring.record(minute, rate)
+            }
             None => false,
         }
     }
@@ -239,7 +243,9 @@ impl Engine {
         holes_only: bool,
     ) -> Option<bool> {
         let i = self.set.series_index(key)?;
-        let ring = &mut self.set.series_mut()[i].ring;
+        let series = &mut self.set.series_mut()[i];
+        series.touch(((minute + 1) * MINUTE_SECONDS) as f64);
+        let ring = &mut series.ring;
         if holes_only && ring.get(minute).is_some() {
             return Some(false);
         }
@@ -262,9 +268,29 @@ impl Engine {
         let Some(i) = self.set.series_index(key) else {
             return false;
         };
+        self.set.series_mut()[i].touch((start + STEP_SECONDS) as f64);
         self.learn_new_series();
         self.learnt[i].combiner.observe(start, value);
         true
+    }
+
+    /// Evicts the series with no sample for the limits' `stale_after_seconds` before `now`
+    /// (unix seconds), with everything learnt about them, and returns their keys. Call it
+    /// between ticks, never between a [`Engine::prepare`] and its [`Engine::finish`].
+    pub fn evict_stale(&mut self, now: i64) -> Vec<Vec<String>> {
+        self.learn_new_series();
+        let before: Vec<Vec<String>> = match self.settings.limits.stale_after_seconds {
+            Some(_) => self.set.series().iter().map(|s| s.key.clone()).collect(),
+            None => return Vec::new(),
+        };
+        let kept = self.set.evict_stale(now as f64);
+        let mut flags = kept.iter();
+        self.learnt.retain(|_| *flags.next().unwrap_or(&true));
+        before
+            .into_iter()
+            .zip(kept)
+            .filter_map(|(key, kept)| (!kept).then_some(key))
+            .collect()
     }
 
     /// Reads the history at `origin` (unix seconds, rounded down to a minute): completes
@@ -373,6 +399,7 @@ impl Engine {
         TickReport {
             origin,
             series: reports,
+            evicted: Vec::new(),
         }
     }
 
@@ -420,6 +447,7 @@ impl Engine {
         if !self.set.series().is_empty() {
             return Err(RestoreError::NotEmpty);
         }
+        let snapshot_saved_at = snapshot.saved_at;
         let mut checked = Vec::with_capacity(snapshot.series.len());
         for (n, s) in snapshot.series.into_iter().enumerate() {
             let bad = |problem: &'static str| RestoreError::BadEntry {
@@ -452,7 +480,13 @@ impl Engine {
             let Some(i) = self.set.series_index(&s.key) else {
                 break;
             };
-            self.set.series_mut()[i].ring = ring;
+            let series = &mut self.set.series_mut()[i];
+            // Seen when its newest minute ended, or (no rate yet) when it was saved.
+            series.touch(
+                ring.newest_minute()
+                    .map_or(snapshot_saved_at, |m| ((m + 1) * MINUTE_SECONDS) as f64),
+            );
+            series.ring = ring;
             self.learnt.push(Learnt {
                 calibrator: s
                     .calibrator
@@ -514,6 +548,7 @@ pub(crate) fn test_engine(mc_passes: usize, seed: u64, max_series: usize) -> Eng
                 max_children: 100,
                 max_gap_seconds: 120.0,
                 shard: None,
+                stale_after_seconds: None,
             },
         },
     )
@@ -697,5 +732,119 @@ mod staleness_tests {
             (10..=15).contains(&until),
             "ready for {until} min after the last data"
         );
+    }
+}
+
+#[cfg(test)]
+mod eviction_tests {
+    use super::*;
+    use crate::history::ObserveStats;
+    use crate::metrics::Metrics;
+    use crate::shared::Shared;
+
+    /// An engine like [`test_engine`] that evicts series after an hour without a sample.
+    fn evicting_engine(max_series: usize) -> Engine {
+        let mut e = test_engine(4, 1, max_series);
+        e.settings.limits.stale_after_seconds = Some(3600.0);
+        e.set = SeriesSet::new(e.settings.limits);
+        e
+    }
+
+    fn key(route: &str) -> Vec<String> {
+        vec![route.to_string()]
+    }
+
+    /// A scrape at `t` of counters with these keys and value.
+    fn scrape(e: &mut Engine, t: f64, keys: &[Vec<String>], value: f64) -> ObserveStats {
+        e.observe(
+            t,
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (i as u64 + 1, k.as_slice(), value)),
+        )
+    }
+
+    fn ticked(e: &mut Engine, shared: &Shared, origin: i64) -> TickReport {
+        let evicted = e.evict_stale(origin);
+        let mut report = e.tick(origin).expect("tick");
+        report.evicted = evicted;
+        shared.publish(report.clone());
+        report
+    }
+
+    /// A burst of 50,000 junk series fills the cap; an hour without a sample evicts them
+    /// (state, gauges, snapshot entries), and the real series that came later are admitted
+    /// and forecast. A restart from the snapshot does not bring the junk back.
+    #[test]
+    fn junk_series_are_evicted_and_real_ones_take_their_place() {
+        let mut e = evicting_engine(100);
+        let shared = Shared::new(
+            Metrics::new("flowcast", &["route".to_string()]).expect("metrics"),
+            "api".into(),
+            vec!["route".into()],
+        );
+        let t0 = 1_700_000_040.0; // a minute boundary
+        let junk: Vec<Vec<String>> = (0..50_000).map(|i| key(&format!("/junk/{i}"))).collect();
+        let stats = scrape(&mut e, t0, &junk, 1.0);
+        assert_eq!(
+            (e.series_set().series().len(), stats.dropped),
+            (100, 49_900)
+        );
+        ticked(&mut e, &shared, t0 as i64 + 60);
+        let text = || String::from_utf8(shared.metrics.encode_text()).expect("utf-8");
+        assert!(
+            text().contains("route=\"/junk/0\""),
+            "junk gauges published"
+        );
+
+        // The real routes come every 15 s from then on; while the junk holds the cap they
+        // are dropped.
+        let real = [key("/a"), key("/b")];
+        let mut t = t0 + 15.0;
+        let mut counter = 0.0;
+        let mut scrape_real = |e: &mut Engine, until: f64| {
+            while t <= until {
+                counter += 30.0 + (t / 60.0).sin() * 10.0;
+                scrape(e, t, &real, counter);
+                t += 15.0;
+            }
+        };
+        scrape_real(&mut e, t0 + 3600.0);
+        assert!(
+            e.series_set().find(&real[0]).is_none(),
+            "the cap refused /a"
+        );
+        let report = ticked(&mut e, &shared, t0 as i64 + 3600 + 60);
+        assert_eq!(report.evicted.len(), 100, "every junk series went");
+        assert!(report.series.is_empty());
+        assert!(!text().contains("/junk/"), "their gauges went");
+        assert!(text().contains("flowcast_series_evicted_total 100"));
+
+        // Four hours of the real routes: admitted, then forecast.
+        let end = t0 + 3600.0 + 4.0 * 3600.0;
+        scrape_real(&mut e, end);
+        let origin = ((end as i64) / 300 + 1) * 300;
+        let report = ticked(&mut e, &shared, origin);
+        let keys: Vec<&Vec<String>> = report.series.iter().map(|s| &s.key).collect();
+        assert_eq!(keys, [&real[0], &real[1]]);
+        assert!(
+            report.series.iter().all(|s| s.forecast.is_some()),
+            "both forecast"
+        );
+        assert_eq!(e.learnt.len(), 2, "the learnt state follows the set");
+
+        let snapshot = e.snapshot("cfg".into(), end);
+        let mut restarted = evicting_engine(100);
+        assert_eq!(
+            restarted.restore(snapshot, 1),
+            Ok(2),
+            "no junk in the snapshot"
+        );
+        assert!(
+            restarted.evict_stale(origin).is_empty(),
+            "restored series are fresh"
+        );
+        let again = restarted.tick(origin + 300).expect("tick");
+        assert!(again.series.iter().all(|s| s.forecast.is_some()));
     }
 }

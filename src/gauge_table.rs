@@ -48,6 +48,14 @@ impl SeriesTable {
         Ok(family)
     }
 
+    /// Removes every gauge of the series with these label values.
+    pub(crate) fn remove_series(&self, series: &[&str]) {
+        let key: Box<[Box<str>]> = series.iter().map(|v| Box::from(*v)).collect();
+        if lock(&self.cache.rows).rows.remove(&key).is_some() {
+            self.cache.dirty.store(true, Ordering::Release);
+        }
+    }
+
     /// Re-encodes the families if they changed since the last encoding, straight into one
     /// gzip member, and returns the text. The live loop calls it after publishing a tick,
     /// so requests find it ready.

@@ -198,6 +198,22 @@ pub struct Series {
     accumulator: RateAccumulator,
     increase: f64,
     tainted: bool,
+    /// Unix seconds of the newest sample or rate seen for the series (eviction).
+    last_seen: f64,
+}
+
+impl Series {
+    /// Notes that the series had data at `t` (unix seconds); time never goes back.
+    pub fn touch(&mut self, t: f64) {
+        if t.is_finite() {
+            self.last_seen = self.last_seen.max(t);
+        }
+    }
+
+    /// Unix seconds of the newest sample or rate seen for the series.
+    pub fn last_seen(&self) -> f64 {
+        self.last_seen
+    }
 }
 
 /// What one scrape did to the series set.
@@ -226,6 +242,9 @@ pub struct SeriesLimits {
     pub max_gap_seconds: f64,
     /// Only series of this shard are kept (`--shard I/N`); `None` keeps all.
     pub shard: Option<crate::shard::Shard>,
+    /// A series with no sample for this long (seconds) is evicted by
+    /// [`SeriesSet::evict_stale`]; `None` keeps every series (the backtest).
+    pub stale_after_seconds: Option<f64>,
 }
 
 /// Why a series key was not admitted.
@@ -355,6 +374,7 @@ impl SeriesSet {
                     continue;
                 }
             };
+            self.series[series].touch(t);
             if !value.is_finite() || value < 0.0 {
                 stats.invalid += 1;
                 self.series[series].tainted = true;
@@ -425,6 +445,47 @@ impl SeriesSet {
         }
     }
 
+    /// Removes every series with no sample since `now - stale_after_seconds` (nothing
+    /// without a limit), freeing its memory and its cap slot, and returns whether each
+    /// series (by its index before the call) was kept. Child counters of removed series go
+    /// with them; the others are renumbered.
+    pub fn evict_stale(&mut self, now: f64) -> Vec<bool> {
+        let Some(stale_after) = self.limits.stale_after_seconds else {
+            return vec![true; self.series.len()];
+        };
+        let kept: Vec<bool> = self
+            .series
+            .iter()
+            .map(|s| now - s.last_seen <= stale_after)
+            .collect();
+        if kept.iter().all(|&k| k) {
+            return kept;
+        }
+        let mut renumbered = Vec::with_capacity(kept.len());
+        let mut next = 0;
+        for &k in &kept {
+            renumbered.push(k.then_some(next));
+            next += usize::from(k);
+        }
+        let mut flags = kept.iter();
+        self.series.retain(|_| *flags.next().unwrap_or(&true));
+        self.series.shrink_to(self.series.len().max(1) * 2);
+        self.index = self
+            .series
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key.clone(), i))
+            .collect();
+        self.children.retain(|_, c| match renumbered[c.series] {
+            Some(i) => {
+                c.series = i;
+                true
+            }
+            None => false,
+        });
+        kept
+    }
+
     /// Forgets the time of the last scrape, so the next scrape gives no rate (after a
     /// failed scrape whose data is unknown).
     pub fn mark_gap(&mut self) {
@@ -446,7 +507,49 @@ mod tests {
             max_children: 100,
             max_gap_seconds: 60.0,
             shard: None,
+            stale_after_seconds: None,
         }
+    }
+
+    /// Eviction removes exactly the series without a sample for the limit, frees their
+    /// cap slots, and leaves the survivors' child counters attached to them.
+    #[test]
+    fn eviction_frees_the_cap_and_keeps_the_survivors_counting() {
+        let mut set = SeriesSet::new(SeriesLimits {
+            stale_after_seconds: Some(600.0),
+            ..limits()
+        });
+        let (a, b, c) = (
+            vec!["a".to_string()],
+            vec!["b".to_string()],
+            vec!["c".to_string()],
+        );
+        set.observe(0.0, [(1, &a[..], 1.0), (2, &b[..], 1.0), (3, &c[..], 1.0)]);
+        let d = vec!["d".to_string()];
+        // a goes quiet; b and c keep coming, so d is refused by the cap (3).
+        let mut t = 0.0;
+        for _ in 0..50 {
+            t += 15.0;
+            let stats = set.observe(t, [(2, &b[..], t), (3, &c[..], 2.0 * t), (4, &d[..], 0.0)]);
+            assert_eq!(stats.dropped, 1);
+        }
+        assert_eq!(set.evict_stale(t), [false, true, true], "only a is stale");
+        assert_eq!(set.evict_stale(t), [true, true], "nothing more");
+        assert_eq!(set.find(&b), Some(0));
+        assert_eq!(set.find(&c), Some(1));
+        assert_eq!(set.find(&a), None);
+        // b's and c's counters still land on their own series after the renumbering.
+        for _ in 0..8 {
+            t += 15.0;
+            set.observe(t, [(2, &b[..], t), (3, &c[..], 2.0 * t), (4, &d[..], 0.0)]);
+        }
+        set.flush_until(t + 60.0);
+        let newest = |i: usize| {
+            let r = &set.series()[i].ring;
+            r.get(r.newest_minute().expect("rates"))
+        };
+        assert_eq!((newest(0), newest(1)), (Some(1.0), Some(2.0)));
+        assert_eq!(set.find(&d), Some(2), "d took a's place");
     }
 
     #[test]
@@ -549,6 +652,7 @@ mod tests {
         let mut set = SeriesSet::new(SeriesLimits {
             max_series: 100,
             shard: Some(shard),
+            stale_after_seconds: None,
             ..limits()
         });
         let keys: Vec<Vec<String>> = (0..40).map(|i| vec![format!("/r{i}")]).collect();

@@ -223,6 +223,10 @@ pub async fn forecast_once(
     clock: &UnixClock,
 ) -> Result<usize, TickError> {
     let started = Instant::now();
+    let evicted = engine.evict_stale(origin);
+    if !evicted.is_empty() {
+        debug!(origin, evicted = evicted.len(), "series evicted");
+    }
     let prepared = engine.prepare(origin);
     let (prepared, outputs) = if prepared.ready_count() == 0 {
         (prepared, Vec::new())
@@ -253,7 +257,8 @@ pub async fn forecast_once(
             .observe(infer_started.elapsed().as_secs_f64());
         (prepared, outputs?)
     };
-    let report = engine.finish(prepared, &outputs);
+    let mut report = engine.finish(prepared, &outputs);
+    report.evicted = evicted;
     let forecast = report
         .series
         .iter()

@@ -230,6 +230,8 @@ pub struct Metrics {
     pub scrapes: IntCounter,
     /// Samples (or series) refused by the series cap.
     pub series_dropped: IntCounter,
+    /// Series evicted after `series_stale_after` without a sample.
+    pub series_evicted: IntCounter,
     /// Counter resets seen.
     pub counter_resets: IntCounter,
     /// Duration of one batched inference run (all series, all passes).
@@ -351,6 +353,10 @@ impl Metrics {
                 "series_dropped_total",
                 "Samples whose series was refused because --max-series was reached.",
             )?,
+            series_evicted: own.counter(
+                "series_evicted_total",
+                "Series evicted after series_stale_after without a sample, with their gauges and state.",
+            )?,
             counter_resets: own.counter(
                 "source_resets_total",
                 "Resets seen in the selected counters (a value went down).",
@@ -396,6 +402,11 @@ impl Metrics {
             set_or_remove(&self.series.concurrency, &labels, concurrency[h]);
             set_or_remove(&self.series.replicas, &labels, replicas[h]);
         }
+    }
+
+    /// Removes every gauge of a series (it was evicted).
+    pub fn remove_series(&self, series: &[&str]) {
+        self.table.remove_series(series);
     }
 
     /// Removes a series' forecast gauges (it is not ready): they are absent, not zero.

@@ -246,6 +246,7 @@ mod tests {
         };
         TickReport {
             origin,
+            evicted: Vec::new(),
             series: vec![SeriesReport {
                 key: vec!["/a".into()],
                 ready: true,

@@ -62,6 +62,10 @@ pub struct TickReport {
     pub origin: i64,
     /// Per series, in the order they were first seen.
     pub series: Vec<SeriesReport>,
+    /// Keys of the series evicted before this tick (no sample for `series_stale_after`):
+    /// publishing removes their gauges and their track record.
+    #[serde(skip)]
+    pub evicted: Vec<Vec<String>>,
 }
 
 /// State shared between the pipeline and the HTTP server. The pipeline writes; the server
@@ -137,6 +141,14 @@ impl Shared {
 
     /// Publishes a tick to the gauges and to the readers.
     pub fn publish(&self, report: TickReport) {
+        for key in &report.evicted {
+            let mut labels: Vec<&str> = vec![self.series_name.as_str()];
+            labels.extend(key.iter().map(String::as_str));
+            self.metrics.remove_series(&labels);
+        }
+        self.metrics
+            .series_evicted
+            .inc_by(report.evicted.len() as u64);
         for s in &report.series {
             let mut labels: Vec<&str> = vec![self.series_name.as_str()];
             labels.extend(s.key.iter().map(String::as_str));

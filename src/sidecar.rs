@@ -73,6 +73,7 @@ impl Sidecar {
             // A scrape gap longer than 4 intervals (or 2 minutes) is a hole, not a rate.
             max_gap_seconds: (config.scrape_interval.as_secs_f64() * 4.0).max(120.0),
             shard: config.shard,
+            stale_after_seconds: Some(config.series_stale_after.as_secs_f64()),
         };
         let mut engine = Engine::new(
             model,

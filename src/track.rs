@@ -166,6 +166,9 @@ impl TrackBook {
     /// Feeds one tick: ticks off the 5-minute grid change nothing (their steps are not the
     /// grid's); series no longer reported are dropped.
     pub fn record(&mut self, report: &TickReport) {
+        for key in &report.evicted {
+            self.records.remove(key);
+        }
         if report.origin.rem_euclid(STEP_SECONDS) != 0 {
             return;
         }
@@ -240,6 +243,7 @@ mod tests {
         let steps: Vec<Option<f64>> = (0..WINDOW_STEPS).map(|k| Some(level + k as f64)).collect();
         TickReport {
             origin,
+            evicted: Vec::new(),
             series: vec![SeriesReport {
                 key: vec![key.to_string()],
                 ready: with_forecast,
@@ -326,6 +330,7 @@ mod tests {
         let mut tick = TickReport {
             origin: g,
             series: Vec::new(),
+            evicted: Vec::new(),
         };
         let one = report(g, "x", 10.0, true).series.remove(0);
         for i in 0..10_000 {

@@ -251,6 +251,7 @@ fn snapshots_never_panic() {
             max_children: 16,
             max_gap_seconds: 120.0,
             shard: None,
+            stale_after_seconds: None,
         },
     };
     let mut engine = Engine::new(Arc::clone(&model), settings);

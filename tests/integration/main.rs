@@ -262,6 +262,7 @@ fn forecasts_are_scale_free() {
             max_children: 1,
             max_gap_seconds: 60.0,
             shard: None,
+            stale_after_seconds: None,
         },
     };
     let origin = 1_700_000_000 / 300 * 300;

@@ -205,6 +205,7 @@ pub fn seed_snapshot_keys(
                 max_children: keys.len().max(100),
                 max_gap_seconds: 120.0,
                 shard: None,
+                stale_after_seconds: None,
             },
         },
     );
