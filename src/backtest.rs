@@ -20,7 +20,7 @@ use crate::config::{ModelSource, MC_PASSES_RANGE};
 use crate::engine::{Engine, EngineSettings, Prepared};
 use crate::features::ModelInput;
 use crate::features::HORIZON_STEPS;
-use crate::history::{SeriesLimits, MINUTE_SECONDS, STEP_SECONDS};
+use crate::history::{SeriesLimits, FUTURE_SKEW_SECONDS, MINUTE_SECONDS, STEP_SECONDS};
 use crate::model::{Model, ModelError};
 use crate::shared::TickReport;
 
@@ -37,8 +37,8 @@ pub enum BacktestError {
     Data {
         /// File.
         path: String,
-        /// What is wrong, with the line number.
-        #[source]
+        /// What is wrong, with the line number (in the message, so not a source: printed
+        /// once).
         error: CsvError,
     },
     /// I/O on the input or output.
@@ -81,7 +81,10 @@ pub fn read_series(path: &Path, step: Option<i64>) -> Result<Series, BacktestErr
             .find(|(tag, _)| f.contains(**tag))
             .map(|(_, s)| s)
     });
-    parse_series(&text, step.or(name_step))
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    parse_series(&text, step.or(name_step), now + FUTURE_SKEW_SECONDS)
         .map_err(|error| BacktestError::Data { path: name, error })
 }
 
@@ -136,10 +139,40 @@ pub enum CsvError {
     /// A step that is not whole minutes dividing 300 s.
     #[error("step {0} s must be a whole number of minutes that divides 300 s")]
     Step(i64),
+    /// A timestamp before 1970 or later than the clock allows.
+    #[error("line {line}: timestamp {ts} is {why}")]
+    Time {
+        /// Line number.
+        line: usize,
+        /// The timestamp.
+        ts: i64,
+        /// `negative`, or how far past the clock it is.
+        why: String,
+    },
+    /// Gaps so long that the rows cover less than half of their span: the replay (and its
+    /// memory) would grow with the span, not with the rows.
+    #[error(
+        "line {line}: a gap of {gap_steps} steps before this row; {rows} rows span {span_steps} \
+         steps (at most 2 × rows + {GAP_ALLOWANCE_SECONDS} s of gaps): split the file at its gaps"
+    )]
+    Span {
+        /// The line after the longest gap.
+        line: usize,
+        /// That gap, in steps.
+        gap_steps: i64,
+        /// Data rows.
+        rows: usize,
+        /// Steps from the first row to the last.
+        span_steps: i64,
+    },
 }
 
+/// Gaps a file may hold beyond its rows' own span: two weeks.
+pub const GAP_ALLOWANCE_SECONDS: i64 = 14 * 86_400;
+
 /// Parses CSV text (see [`read_series`]); the error names the line.
-pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, CsvError> {
+/// Timestamps after `latest` (unix seconds) are refused.
+pub fn parse_series(text: &str, step: Option<i64>, latest: i64) -> Result<Series, CsvError> {
     let mut lines = text.lines().enumerate();
     let header = lines
         .next()
@@ -148,6 +181,7 @@ pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, CsvError> {
         return Err(CsvError::Header(header.unwrap_or("").to_string()));
     }
     let mut rows: Vec<(i64, f64)> = Vec::new();
+    let mut lines_of: Vec<usize> = Vec::new();
     for (i, line) in lines {
         let n = i + 1;
         if line.trim().is_empty() {
@@ -165,6 +199,17 @@ pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, CsvError> {
         if !value.is_finite() || value < 0.0 {
             return Err(CsvError::Count { line: n, value });
         }
+        if ts < 0 || ts > latest {
+            let why = if ts < 0 {
+                "negative".to_string()
+            } else {
+                format!(
+                    "{} s in the future",
+                    ts.saturating_sub(latest - FUTURE_SKEW_SECONDS)
+                )
+            };
+            return Err(CsvError::Time { line: n, ts, why });
+        }
         if let Some(&(prev, _)) = rows.last() {
             if ts <= prev {
                 let kind = if ts == prev { "duplicate" } else { "unsorted" };
@@ -177,6 +222,7 @@ pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, CsvError> {
             }
         }
         rows.push((ts, value));
+        lines_of.push(n);
     }
     if rows.is_empty() {
         return Err(CsvError::Empty);
@@ -192,7 +238,32 @@ pub fn parse_series(text: &str, step: Option<i64>) -> Result<Series, CsvError> {
     if step <= 0 || STEP_SECONDS % step != 0 || step % MINUTE_SECONDS != 0 {
         return Err(CsvError::Step(step));
     }
+    check_span(&rows, &lines_of, step)?;
     Ok(Series { rows, step })
+}
+
+/// Refuses rows whose gaps make the span more than twice the rows plus
+/// [`GAP_ALLOWANCE_SECONDS`], naming the line after the longest gap.
+fn check_span(rows: &[(i64, f64)], lines_of: &[usize], step: i64) -> Result<(), CsvError> {
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Ok(());
+    };
+    let span_steps = (last.0 - first.0) / step;
+    if span_steps <= 2 * rows.len() as i64 + GAP_ALLOWANCE_SECONDS / step {
+        return Ok(());
+    }
+    let (at, gap) = rows
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (i + 1, w[1].0 - w[0].0))
+        .max_by_key(|&(_, gap)| gap)
+        .unwrap_or((0, 0));
+    Err(CsvError::Span {
+        line: lines_of[at],
+        gap_steps: gap / step,
+        rows: rows.len(),
+        span_steps,
+    })
 }
 
 /// The weights of a row that no combination made (a baseline's, or the LSTM's alone).
@@ -861,11 +932,51 @@ mod tests {
             ("timestamp,value\n", "no data rows"),
             ("timestamp,value\n0,1\n7,1\n", "step 7"),
         ] {
-            let err = parse_series(text, None).expect_err(text).to_string();
+            let err = parse_series(text, None, i64::MAX)
+                .expect_err(text)
+                .to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
-        let s = parse_series("timestamp,value\n0,1\n120,2\n180,3\n", None).expect("valid");
+        let s =
+            parse_series("timestamp,value\n0,1\n120,2\n180,3\n", None, i64::MAX).expect("valid");
         assert_eq!(s.step, 60);
+    }
+
+    /// Far-future and negative timestamps are refused with their line, and so are gaps
+    /// that would make the replay grow with the span instead of the rows.
+    #[test]
+    fn timestamps_are_checked_and_the_span_is_bounded_by_the_rows() {
+        let latest = 1_800_000_000;
+        for (text, want) in [
+            (
+                "timestamp,value\n-60,1\n0,1\n",
+                "line 2: timestamp -60 is negative",
+            ),
+            (
+                "timestamp,value\n0,1\n60,1\n9000000000000,1\n",
+                "line 4: timestamp 9000000000000 is 8998200000300 s in the future",
+            ),
+            (
+                "timestamp,value\n0,1\n300,1\n600,1\n1700000000,1\n",
+                "line 5: a gap of 5666664 steps",
+            ),
+        ] {
+            let err = parse_series(text, None, latest)
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        // Two weeks of gap, plus twice the rows, are allowed.
+        let ok = format!(
+            "timestamp,value\n0,1\n300,1\n{},1\n",
+            300 + GAP_ALLOWANCE_SECONDS
+        );
+        assert!(parse_series(&ok, None, latest).is_ok());
+        let at_the_clock = format!("timestamp,value\n0,1\n{latest},1\n");
+        assert!(matches!(
+            parse_series(&at_the_clock, Some(300), latest),
+            Err(CsvError::Span { line: 3, .. })
+        ));
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use crate::band::{BandMode, Calibrator, Forecast, Judgement, PassOutputs};
 use crate::combine::{Combined, Combiner, ExpertSet};
 use crate::features::{self, NotReady, HORIZON_STEPS, WINDOW_STEPS};
-use crate::history::{MinuteRing, SeriesLimits, SeriesSet, MINUTE_SECONDS, STEP_SECONDS};
+use crate::history::{
+    MinuteRing, SeriesLimits, SeriesSet, FUTURE_SKEW_SECONDS, MINUTE_SECONDS, STEP_SECONDS,
+};
 use crate::model::{Model, ModelError};
 use crate::shared::{SeriesReport, TickReport};
 use crate::state;
@@ -90,6 +92,35 @@ pub enum RestoreError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// Two entries have the same key: the file was not written by one engine.
+    #[error("series {index} ({key:?}) repeats an earlier key")]
+    DuplicateKey {
+        /// Position of the second entry.
+        index: usize,
+        /// The key.
+        key: Vec<String>,
+    },
+    /// An entry (or the snapshot) is dated after the clock allows.
+    #[error("series {index} ({key:?}): dated {seconds} s in the future")]
+    Future {
+        /// Position of the entry.
+        index: usize,
+        /// Its key.
+        key: Vec<String>,
+        /// How far past the clock.
+        seconds: i64,
+    },
+}
+
+impl RestoreError {
+    /// The `reason` label of `flowcast_state_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotEmpty | Self::BadEntry { .. } => "corrupt",
+            Self::DuplicateKey { .. } => "duplicate_key",
+            Self::Future { .. } => "future_timestamp",
+        }
+    }
 }
 
 /// What the engine has learnt about one series, beside its minute history.
@@ -443,11 +474,14 @@ impl Engine {
         &mut self,
         snapshot: state::Snapshot,
         key_len: usize,
+        now: i64,
     ) -> Result<usize, RestoreError> {
         if !self.set.series().is_empty() {
             return Err(RestoreError::NotEmpty);
         }
-        let snapshot_saved_at = snapshot.saved_at;
+        let latest = now.saturating_add(FUTURE_SKEW_SECONDS);
+        let snapshot_saved_at = snapshot.saved_at.min(now as f64);
+        let mut keys = std::collections::HashSet::with_capacity(snapshot.series.len());
         let mut checked = Vec::with_capacity(snapshot.series.len());
         for (n, s) in snapshot.series.into_iter().enumerate() {
             let bad = |problem: &'static str| RestoreError::BadEntry {
@@ -457,6 +491,24 @@ impl Engine {
             };
             if s.key.len() != key_len {
                 return Err(bad("key does not match the `by` labels"));
+            }
+            if !keys.insert(s.key.clone()) {
+                return Err(RestoreError::DuplicateKey {
+                    index: n,
+                    key: s.key,
+                });
+            }
+            let newest = [
+                s.newest_minute
+                    .map(|m| m.saturating_add(1).saturating_mul(MINUTE_SECONDS)),
+                s.combiner.as_ref().and_then(Combiner::last_window),
+            ];
+            if let Some(end) = newest.into_iter().flatten().max().filter(|&t| t > latest) {
+                return Err(RestoreError::Future {
+                    index: n,
+                    key: s.key,
+                    seconds: end - now,
+                });
             }
             let ring = MinuteRing::from_parts(s.newest_minute, s.rates.clone()).map_err(&bad)?;
             if !(s.zero_scale.is_finite() && s.zero_scale > 0.0) {
@@ -595,7 +647,7 @@ mod tests {
         let back = state::decode(&bytes, std::path::Path::new("mem")).expect("decodes");
 
         let mut b = engine();
-        assert_eq!(b.restore(back, 1), Ok(2));
+        assert_eq!(b.restore(back, 1, i64::MAX / 2), Ok(2));
         let next = start + 300;
         feed(&mut a, start + 270, next);
         feed(&mut b, start + 270, next);
@@ -632,17 +684,36 @@ mod tests {
             (scale, "zero scale"),
         ] {
             let mut b = engine();
-            let e = b.restore(bad, 1).expect_err(why).to_string();
+            let e = b.restore(bad, 1, i64::MAX / 2).expect_err(why).to_string();
             assert!(e.contains(why), "{why}: {e}");
             assert!(
                 b.series_set().series().is_empty(),
                 "{why}: nothing restored"
             );
         }
+        // A repeated key, and data dated after the clock, are refused with their reason.
+        let mut twice = good.clone();
+        twice.series[1].key = twice.series[0].key.clone();
+        let e = engine().restore(twice, 1, i64::MAX / 2).expect_err("twice");
+        assert_eq!(e.reason(), "duplicate_key", "{e}");
+        let newest = (start + 240) * 60;
+        let e = engine()
+            .restore(good.clone(), 1, newest - 3600)
+            .expect_err("an hour ahead of the clock");
+        assert_eq!(
+            (e.reason(), e.to_string().contains("3600 s in the future")),
+            ("future_timestamp", true),
+            "{e}"
+        );
+        assert_eq!(
+            engine().restore(good.clone(), 1, newest - 300),
+            Ok(2),
+            "within the skew"
+        );
         // Restoring into an engine that already has data would mix two histories.
         let mut c = engine();
         feed(&mut c, start, start + 1);
-        assert!(c.restore(good, 1).is_err());
+        assert!(c.restore(good, 1, i64::MAX / 2).is_err());
     }
 }
 
@@ -836,7 +907,7 @@ mod eviction_tests {
         let snapshot = e.snapshot("cfg".into(), end);
         let mut restarted = evicting_engine(100);
         assert_eq!(
-            restarted.restore(snapshot, 1),
+            restarted.restore(snapshot, 1, origin),
             Ok(2),
             "no junk in the snapshot"
         );

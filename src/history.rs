@@ -10,6 +10,9 @@ use std::collections::HashMap;
 
 /// Seconds in one minute bucket.
 pub const MINUTE_SECONDS: i64 = 60;
+/// How far past the clock a timestamp may be (samples, Prometheus points, snapshot
+/// entries, backtest rows); later ones are refused and never move a ring.
+pub const FUTURE_SKEW_SECONDS: i64 = 300;
 /// Seconds in one model step (the 5-minute window whose peak 1-minute rate is the target).
 pub const STEP_SECONDS: i64 = 300;
 /// Minutes held per series: 36 five-minute steps (3 h) of model input, 15 minutes of

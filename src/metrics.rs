@@ -232,6 +232,8 @@ pub struct Metrics {
     pub series_dropped: IntCounter,
     /// Series evicted after `series_stale_after` without a sample.
     pub series_evicted: IntCounter,
+    /// Samples and points refused for their timestamps, by reason (`future`, `too_old`).
+    pub samples_refused: IntCounterVec,
     /// Counter resets seen.
     pub counter_resets: IntCounter,
     /// Duration of one batched inference run (all series, all passes).
@@ -356,6 +358,11 @@ impl Metrics {
             series_evicted: own.counter(
                 "series_evicted_total",
                 "Series evicted after series_stale_after without a sample, with their gauges and state.",
+            )?,
+            samples_refused: own.counter_vec(
+                "samples_refused_total",
+                "Samples, Prometheus points and backfilled windows refused for their timestamp (future: more than 5m past the clock; too_old: before the history kept), by reason.",
+                "reason",
             )?,
             counter_resets: own.counter(
                 "source_resets_total",

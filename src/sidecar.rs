@@ -274,7 +274,7 @@ fn restore(
         }
     };
     let age = now - snapshot.saved_at;
-    match engine.restore(snapshot, key_len) {
+    match engine.restore(snapshot, key_len, now as i64) {
         Ok(n) => {
             shared.metrics.restored_series.set(n as i64);
             info!(series = n, age_seconds = age.round(), "state restored");
@@ -283,7 +283,7 @@ fn restore(
             shared
                 .metrics
                 .state_failures
-                .with_label_values(&["corrupt"])
+                .with_label_values(&[reason.reason()])
                 .inc();
             warn!(%reason, "ignoring the state snapshot; starting empty");
         }

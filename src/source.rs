@@ -17,7 +17,7 @@ use crate::clock::UnixClock;
 use crate::combine::HISTORY_WINDOWS;
 use crate::engine::Engine;
 use crate::exposition;
-use crate::history::{MINUTE_SECONDS, RING_MINUTES, STEP_SECONDS};
+use crate::history::{FUTURE_SKEW_SECONDS, MINUTE_SECONDS, RING_MINUTES, STEP_SECONDS};
 use crate::promapi::{Points, PromClient, PromError};
 use crate::scrape::{ScrapeError, Scraper};
 use crate::selector::Selector;
@@ -155,7 +155,20 @@ impl ScrapeSource {
         let outcome = result.and_then(|body| {
             let mut matched: Vec<(u64, Vec<String>, f64)> = Vec::new();
             let mut latency_totals: HashMap<Vec<String>, (f64, f64)> = HashMap::new();
+            let mut refused = [0u64; 2];
             exposition::parse(&body.bytes, body.format, |sample| {
+                // A sample's own timestamp is not used (the scrape's time is), but one in
+                // the future or before the ring's start cannot be trusted.
+                let keep = RING_MINUTES as i64 * MINUTE_SECONDS;
+                if let Some(r) = sample
+                    .timestamp_ms
+                    .and_then(|ms| refusal(ms.div_euclid(1000), t, keep))
+                {
+                    if self.selector.matches(&sample.name, &sample.labels) {
+                        refused[r] += 1;
+                    }
+                    return;
+                }
                 if self.selector.matches(&sample.name, &sample.labels) {
                     let mut h = DefaultHasher::new();
                     sample.name.hash(&mut h);
@@ -176,6 +189,7 @@ impl ScrapeSource {
                     }
                 }
             })?;
+            count_refused(shared, refused);
             Ok((matched, latency_totals))
         });
         match outcome {
@@ -286,20 +300,57 @@ impl PromSource {
                 .query_range(&self.query, start, end, MINUTE_SECONDS)
                 .await?
         };
-        let recorded = record(engine, shared, &points, false);
+        let recorded = record(engine, shared, &points, false, now);
         debug!(recorded, "prometheus poll recorded");
         self.last_minute = Some(newest);
         Ok(())
     }
 }
 
+/// Counts samples refused for being `[future, too_old]`.
+fn count_refused(shared: &Shared, refused: [u64; 2]) {
+    for (n, reason) in refused.into_iter().zip(["future", "too_old"]) {
+        if n > 0 {
+            shared
+                .metrics
+                .samples_refused
+                .with_label_values(&[reason])
+                .inc_by(n);
+        }
+    }
+}
+
+/// Whether a point at `t` is `future` (index 0) or `too_old` (1) at `now`, when it is
+/// older than `keep` seconds.
+fn refusal(t: i64, now: f64, keep: i64) -> Option<usize> {
+    if t as f64 > now + FUTURE_SKEW_SECONDS as f64 {
+        Some(0)
+    } else if (t as f64) < now - keep as f64 {
+        Some(1)
+    } else {
+        None
+    }
+}
+
 /// Records `(end of minute, rate)` points as minute rates. With `holes_only`, minutes the
-/// ring already holds (from a restored snapshot) are kept. Returns the minutes recorded.
-fn record(engine: &mut Engine, shared: &Shared, points: &Points, holes_only: bool) -> usize {
+/// ring already holds (from a restored snapshot) are kept. Points dated in the future or
+/// before the ring's start at `now` are refused and counted. Returns the minutes recorded.
+fn record(
+    engine: &mut Engine,
+    shared: &Shared,
+    points: &Points,
+    holes_only: bool,
+    now: f64,
+) -> usize {
     let mut recorded = 0;
     let mut dropped = 0;
+    let mut refused = [0u64; 2];
     for (key, series) in points {
         for &(t, rate) in series {
+            if let Some(r) = refusal(t, now, RING_MINUTES as i64 * MINUTE_SECONDS) {
+                refused[r] += 1;
+                continue;
+            }
             let minute = t.div_euclid(MINUTE_SECONDS) - 1;
             match engine.record_minute(key, minute, rate, holes_only) {
                 Some(true) => recorded += 1,
@@ -311,6 +362,7 @@ fn record(engine: &mut Engine, shared: &Shared, points: &Points, holes_only: boo
     if dropped > 0 {
         shared.metrics.series_dropped.inc_by(dropped as u64);
     }
+    count_refused(shared, refused);
     recorded
 }
 
@@ -355,7 +407,7 @@ pub async fn backfill(
     let points = client
         .query_range(query, start, end, MINUTE_SECONDS)
         .await?;
-    let minutes = record(engine, shared, &points, true);
+    let minutes = record(engine, shared, &points, true, now);
     let windows_end = end.div_euclid(STEP_SECONDS) * STEP_SECONDS;
     let windows_start = windows_end - (HISTORY_WINDOWS as i64 - 1) * STEP_SECONDS;
     let peaks = client
@@ -369,14 +421,20 @@ pub async fn backfill(
     let (windows, windows_error) = match peaks {
         Ok(peaks) => {
             let mut windows = 0;
+            let mut refused = [0u64; 2];
             for (key, series) in &peaks {
                 for &(t, peak) in series {
+                    if let Some(r) = refusal(t, now, HISTORY_WINDOWS as i64 * STEP_SECONDS) {
+                        refused[r] += 1;
+                        continue;
+                    }
                     // The peak evaluated at a window's end is that window's.
                     if engine.record_step(key, t - STEP_SECONDS, peak) {
                         windows += 1;
                     }
                 }
             }
+            count_refused(shared, refused);
             (windows, None)
         }
         Err(e) => (0, Some(e)),
@@ -386,4 +444,49 @@ pub async fn backfill(
         windows,
         windows_error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// A Prometheus point dated past the clock (or before the ring's start) is refused and
+    /// counted, and never moves the ring: the minutes after it are still recorded.
+    #[test]
+    fn points_from_the_future_or_too_old_are_refused_and_counted() {
+        let mut engine = crate::engine::test_engine(4, 1, 4);
+        let shared = Shared::new(
+            Metrics::new("flowcast", &[]).expect("metrics"),
+            "api".into(),
+            Vec::new(),
+        );
+        let now = 1_700_000_000.0;
+        let end = query_end(now);
+        let points: Points = [(
+            Vec::new(),
+            vec![
+                (end - 6 * 3600, 1.0), // before the ring
+                (end - 120, 2.0),
+                (end + 10 * 86_400, 9.0), // ten days ahead
+                (end - 60, 3.0),
+            ],
+        )]
+        .into_iter()
+        .collect();
+        assert_eq!(record(&mut engine, &shared, &points, false, now), 2);
+        let ring = &engine.series_set().series()[0].ring;
+        assert_eq!(ring.newest_minute(), Some((end - 60) / 60 - 1));
+        let m = &shared.metrics.samples_refused;
+        assert_eq!(
+            (
+                m.with_label_values(&["future"]).get(),
+                m.with_label_values(&["too_old"]).get()
+            ),
+            (1, 1)
+        );
+        // The next minute still lands.
+        let next: Points = [(Vec::new(), vec![(end, 4.0)])].into_iter().collect();
+        assert_eq!(record(&mut engine, &shared, &next, false, now + 60.0), 1);
+    }
 }

@@ -251,7 +251,7 @@ fn snapshots_never_panic() {
             max_children: 16,
             max_gap_seconds: 120.0,
             shard: None,
-            stale_after_seconds: None,
+            stale_after_seconds: Some(3600.0),
         },
     };
     let mut engine = Engine::new(Arc::clone(&model), settings);
@@ -265,9 +265,14 @@ fn snapshots_never_panic() {
     let n = budget("FLOWCAST_FUZZ_OTHER", 20_000);
     let restore = |framed: &[u8]| {
         if let Ok(s) = flowcast::state::decode(framed, Path::new("fuzz")) {
-            // A decodable snapshot is still checked before it touches an engine.
+            // A decodable snapshot is still checked before it touches an engine, and what
+            // it lets through must survive a tick (with eviction) on the engine's clock.
+            let now = 28_000_245 * 60;
             let mut fresh = Engine::new(Arc::clone(&model), settings);
-            let _ = fresh.restore(s, 1);
+            if fresh.restore(s, 1, now).is_ok() {
+                let _ = fresh.evict_stale(now);
+                let _ = fresh.tick(now);
+            }
         }
     };
     // Whole files (mostly stopped by the header and the CRC) ...
@@ -295,8 +300,8 @@ fn csv_and_config_parsers_never_panic() {
     let n = budget("FLOWCAST_FUZZ_OTHER", 20_000);
     fuzz("csv", csvs, n, |input| {
         if let Ok(text) = std::str::from_utf8(input) {
-            let _ = flowcast::backtest::parse_series(text, None);
-            let _ = flowcast::backtest::parse_series(text, Some(60));
+            let _ = flowcast::backtest::parse_series(text, None, i64::MAX);
+            let _ = flowcast::backtest::parse_series(text, Some(60), i64::MAX);
         }
     });
     let yaml = vec![

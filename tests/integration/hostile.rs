@@ -247,6 +247,28 @@ async fn hostile_targets_are_counted_and_never_hurt_the_sidecar() {
         );
     }
 
+    // Samples stamped far in the future (or before the ring's start) are refused and
+    // counted; they never move the ring, so the history held stays.
+    let refused = |s: &[Scraped], reason: &str| {
+        value(s, "flowcast_samples_refused_total", &[("reason", reason)]).unwrap_or(0.0)
+    };
+    app.set(Mode::Raw(
+        200,
+        "text/plain",
+        b"app_requests_total{code=\"200\"} 1e9 4102444800000\napp_requests_total{code=\"201\"} 1e9 1000\n"
+            .to_vec(),
+    ));
+    until(&metrics, "future and old samples refused", |s| {
+        refused(s, "future") >= 1.0 && refused(s, "too_old") >= 1.0
+    })
+    .await;
+    app.set(Mode::Normal);
+    let s = until(&metrics, "ready after the stamped samples", |s| ready(s)).await;
+    assert!(
+        history(&s).expect("history") >= held - 120.0,
+        "history kept"
+    );
+
     // A reset connection is a failure of its own kind.
     let now = scrape(&metrics).await.1;
     let seen = failures(&now, "connect") + failures(&now, "body");

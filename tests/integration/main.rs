@@ -316,7 +316,27 @@ fn bad_flags_and_configs_exit_2_naming_the_problem() {
             "target: http://127.0.0.1:1/metrics\nselector: x_total\nscrape_timeout: 30s\n",
         )
         .expect("write");
+        // Backtest data whose timestamps cannot be trusted: named by line, never replayed.
+        let csv = |name: &str, text: &str| -> Vec<String> {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            args(&["backtest", "--data", &path.display().to_string()])
+                .into_iter()
+                .chain([
+                    "--out".to_string(),
+                    dir.join("out.csv").display().to_string(),
+                ])
+                .collect()
+        };
+        let future = csv("future.csv", "timestamp,value\n0,1\n60,1\n4102444800,1\n");
+        let negative = csv("negative.csv", "timestamp,value\n-300,1\n0,1\n");
+        let backwards = csv("backwards.csv", "timestamp,value\n600,1\n660,1\n300,1\n");
+        let gap = csv("gap.csv", "timestamp,value\n0,1\n300,1\n1000000000,1\n");
         vec![
+            (future, "line 4: timestamp 4102444800 is"),
+            (negative, "line 2: timestamp -300 is negative"),
+            (backwards, "line 4: unsorted timestamp 300"),
+            (gap, "line 4: a gap of"),
             (
                 vec![
                     "run".into(),
