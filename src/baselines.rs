@@ -7,7 +7,7 @@
 //! scorer, causal origins (a window is used once its last step ended), the same fallback
 //! band, the same numbers of windows per day and week. Pure: no I/O, no clock.
 
-use crate::backtest::{Row, Series, HORIZON_SECONDS};
+use crate::dataset::{Row, Series, HORIZON_SECONDS};
 use crate::history::STEP_SECONDS;
 
 /// Windows per day.
@@ -75,7 +75,7 @@ impl Targets {
         let w0 = t0.div_euclid(STEP_SECONDS) * STEP_SECONDS;
         let n = ((t1.div_euclid(STEP_SECONDS) * STEP_SECONDS - w0) / STEP_SECONDS + 1) as usize;
         let mut y = vec![f64::NAN; n];
-        for (w, v) in crate::backtest::targets(series) {
+        for (w, v) in crate::dataset::targets(series) {
             y[((w - w0) / STEP_SECONDS) as usize] = v;
         }
         let lag = usize::from(t0.rem_euclid(series.step) > 0);
@@ -393,7 +393,7 @@ pub fn run(baseline: Baseline, series: &Series, warmup_seconds: i64) -> Vec<Row>
                 mean: clip(f[j][kk]),
                 lower: clip(l[j][kk]),
                 upper: clip(u[j][kk]),
-                weights: crate::backtest::NO_WEIGHTS,
+                weights: crate::dataset::NO_WEIGHTS,
             });
         }
     }

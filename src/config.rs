@@ -16,7 +16,7 @@ use url::Url;
 use crate::band::BandMode;
 use crate::combine::ExpertSet;
 use crate::metrics::RESERVED_LABELS;
-use crate::scrape::HttpAuth;
+use crate::scrape::{HttpAuth, ScrapeLimits};
 use crate::selector::Selector;
 use crate::shard::Shard;
 
@@ -140,6 +140,22 @@ pub struct FileConfig {
     /// Largest scrape or API body read, in bytes; a larger body fails. Default: 16 MiB.
     #[arg(long, env = "FLOWCAST_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most samples in one scrape of the target; a scrape with more fails as a whole
+    /// (Prometheus's `sample_limit`; 0 is no limit). Default: 100000.
+    #[arg(long, env = "FLOWCAST_SAMPLE_LIMIT")]
+    pub sample_limit: Option<usize>,
+    /// Most labels on one scraped sample, the metric name included (Prometheus's
+    /// `label_limit`; 0 is no limit). Default: 64.
+    #[arg(long, env = "FLOWCAST_LABEL_LIMIT")]
+    pub label_limit: Option<usize>,
+    /// Longest label name in a scrape, in bytes (Prometheus's `label_name_length_limit`;
+    /// 0 is no limit). Default: 128.
+    #[arg(long, env = "FLOWCAST_LABEL_NAME_LENGTH_LIMIT")]
+    pub label_name_length_limit: Option<usize>,
+    /// Longest label value (or metric name) in a scrape, in bytes (Prometheus's
+    /// `label_value_length_limit`; 0 is no limit). Default: 1024.
+    #[arg(long, env = "FLOWCAST_LABEL_VALUE_LENGTH_LIMIT")]
+    pub label_value_length_limit: Option<usize>,
     /// Directory for state snapshots (history and calibration), created if missing; a
     /// restarted sidecar restores them and forecasts at once. None by default.
     #[arg(long, env = "FLOWCAST_STATE_DIR")]
@@ -294,6 +310,8 @@ pub struct Config {
     pub shard: Option<Shard>,
     /// Body cap in bytes.
     pub max_body_bytes: usize,
+    /// Per-scrape limits of the target's exposition.
+    pub scrape_limits: ScrapeLimits,
     /// Snapshot directory.
     pub state_dir: Option<PathBuf>,
     /// Snapshot period.
@@ -417,6 +435,7 @@ impl FileConfig {
             series_stale_after: series.stale_after,
             shard: series.shard,
             max_body_bytes: server.max_body_bytes,
+            scrape_limits: self.scrape_limits(),
             state_dir: state.dir,
             snapshot_interval: state.snapshot_interval,
             shutdown_grace: state.shutdown_grace,
@@ -428,6 +447,21 @@ impl FileConfig {
             band: inference.band,
             experts: inference.experts,
         })
+    }
+
+    /// The per-scrape limits, each defaulting to [`ScrapeLimits::DEFAULT`]'s.
+    fn scrape_limits(&self) -> ScrapeLimits {
+        let d = ScrapeLimits::DEFAULT;
+        ScrapeLimits {
+            sample_limit: self.sample_limit.unwrap_or(d.sample_limit),
+            label_limit: self.label_limit.unwrap_or(d.label_limit),
+            label_name_length_limit: self
+                .label_name_length_limit
+                .unwrap_or(d.label_name_length_limit),
+            label_value_length_limit: self
+                .label_value_length_limit
+                .unwrap_or(d.label_value_length_limit),
+        }
     }
 
     /// The source section: where rates come from (`source`, `target`, `selector`,

@@ -15,8 +15,8 @@ use crate::history::{
     MinuteRing, SeriesLimits, SeriesSet, FUTURE_SKEW_SECONDS, MINUTE_SECONDS, STEP_SECONDS,
 };
 use crate::model::{Model, ModelError};
-use crate::shared::{SeriesReport, TickReport};
 use crate::state;
+use crate::tick::{SeriesReport, TickReport};
 
 /// Settings of the core.
 #[derive(Debug, Clone, Copy)]

@@ -26,6 +26,7 @@
 //! | [`exposition`] | parsing text 0.0.4 and OpenMetrics 1.0 bodies into samples |
 //! | [`selector`] | the PromQL-style selector language: parser and matcher |
 //! | [`shard`] | `--shard I/N`: which series this replica owns (Prometheus's `hashmod`) |
+//! | [`dataset`] | recorded series and forecast rows as files: the strict CSV, the scorer's rows, targets and metrics |
 //! | [`engine`] | the synchronous core: record, prepare, infer, band, judge; snapshot and restore |
 //! | [`history`] | per-series ring buffers of 1-minute rates, the series cap |
 //! | [`features`] | the model's input contract: steps → scale-free window |
@@ -37,6 +38,7 @@
 //! | [`gauge_table`] | the per-series gauge table and the `/metrics` text/gzip encoding |
 //! | [`server`] | hyper: `/metrics`, `/healthz`, `/readyz`, `/`, `/api/v1/forecast` (routing) |
 //! | [`page`] | the live web page at `/`: track record, band ahead, coverage, replicas |
+//! | [`tick`] | what one tick produced per series (`TickReport`, `SeriesReport`): plain data |
 //! | [`track`] | per series, the bands forecast for the last 3 hours of steps (bounded) |
 //! | [`chart`] | inline SVG charts (axes in req/s and UTC, bands, lines, marks) for page and report |
 //! | [`state`] | the `--state-dir` snapshot file format: write, read, vet |
@@ -59,6 +61,7 @@ pub mod cli;
 pub mod clock;
 pub mod combine;
 pub mod config;
+pub mod dataset;
 pub mod demo;
 pub mod engine;
 pub mod exposition;
@@ -82,6 +85,7 @@ pub mod shared;
 pub mod sidecar;
 pub mod source;
 pub mod state;
+pub mod tick;
 pub mod track;
 
 #[cfg(test)]

@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::backtest::{Row, Scores, Series, HORIZON_SECONDS};
 use crate::baselines::Baseline;
 use crate::chart::{escape, utc, Chart};
+use crate::dataset::{Row, Scores, Series, HORIZON_SECONDS};
 use crate::history::STEP_SECONDS;
 use crate::scaling::{threshold_text, WhatIf};
 
@@ -48,7 +48,7 @@ pub struct ReportInput<'a> {
 
 /// The report's HTML.
 pub fn render(input: &ReportInput) -> String {
-    let targets = crate::backtest::targets(input.series);
+    let targets = crate::dataset::targets(input.series);
     let (first, last) = (
         targets.keys().next().copied().unwrap_or(0),
         targets.keys().next_back().copied().unwrap_or(0),
@@ -407,7 +407,7 @@ mod tests {
                         mean: v,
                         lower: 0.8 * v,
                         upper: 1.2 * v,
-                        weights: crate::backtest::NO_WEIGHTS,
+                        weights: crate::dataset::NO_WEIGHTS,
                     }
                 })
             })
@@ -418,12 +418,12 @@ mod tests {
     #[test]
     fn the_report_has_every_part_and_no_outside_reference() {
         let (series, rows) = input_parts();
-        let scores = crate::backtest::score_table(&series, &rows, 86_400);
+        let scores = crate::dataset::score_table(&series, &rows, 86_400);
         let baselines = Baseline::ALL
             .iter()
             .map(|&b| {
                 let r = crate::baselines::run(b, &series, 86_400);
-                (b, crate::backtest::score_table(&series, &r, 86_400))
+                (b, crate::dataset::score_table(&series, &r, 86_400))
             })
             .collect();
         let w = run_what_if(

@@ -11,7 +11,7 @@
 //! one. The operations run in the script's order, so the two give the same numbers (a
 //! test runs both). Pure: no I/O, no clock; it reads only targets and forecast rows.
 
-use crate::backtest::{Row, Series, HORIZON_SECONDS};
+use crate::dataset::{Row, Series, HORIZON_SECONDS};
 use crate::history::STEP_SECONDS;
 
 /// Seconds in one window.
@@ -141,7 +141,7 @@ pub struct Windows {
 impl Windows {
     /// Builds the windows of `series`.
     pub fn new(series: &Series) -> Self {
-        let targets = crate::backtest::targets(series);
+        let targets = crate::dataset::targets(series);
         let (Some(&(t0, _)), Some(&(t1, _))) = (series.rows.first(), series.rows.last()) else {
             return Self {
                 first: 0,
@@ -658,7 +658,7 @@ mod tests {
                 mean: f64::NAN,
                 lower: f64::NAN,
                 upper: v[(i + 1).min(39)],
-                weights: crate::backtest::NO_WEIGHTS,
+                weights: crate::dataset::NO_WEIGHTS,
             })
             .collect();
         let p = r.predictive(&uppers(&w, &rows, 600), 0.0);
@@ -714,7 +714,7 @@ mod tests {
                     mean: f64::NAN,
                     lower: f64::NAN,
                     upper: 0.7 * v[(i + (h / 300) as usize - 1).min(399)],
-                    weights: crate::backtest::NO_WEIGHTS,
+                    weights: crate::dataset::NO_WEIGHTS,
                 })
             })
             .collect();

@@ -39,6 +39,16 @@ pub enum ScrapeError {
     /// A credential file could not be read.
     #[error("cannot read the credential file {0}")]
     Credentials(String),
+    /// The exposition exceeded one of the per-scrape limits (Prometheus's names): the
+    /// scrape fails as a whole.
+    #[error("the scrape exceeds {kind} ({limit})")]
+    Limit {
+        /// `sample_limit`, `label_limit`, `label_name_length_limit` or
+        /// `label_value_length_limit`.
+        kind: &'static str,
+        /// The configured limit.
+        limit: usize,
+    },
 }
 
 impl ScrapeError {
@@ -53,7 +63,69 @@ impl ScrapeError {
             Self::Body(_) => "body",
             Self::Parse(_) => "parse",
             Self::Credentials(_) => "credentials",
+            Self::Limit { kind, .. } => kind,
         }
+    }
+}
+
+/// Prometheus's per-scrape limits (`scrape_config`'s names and meaning; 0 is no limit).
+/// A scrape over any of them fails as a whole, so a target that floods flowcast costs a
+/// bounded amount per scrape and per series: the key of a series is at most `by` labels ×
+/// `label_value_length_limit` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrapeLimits {
+    /// Most samples in one exposition.
+    pub sample_limit: usize,
+    /// Most labels on one sample, the metric name included.
+    pub label_limit: usize,
+    /// Longest label name, in bytes.
+    pub label_name_length_limit: usize,
+    /// Longest label value (and metric name), in bytes.
+    pub label_value_length_limit: usize,
+}
+
+impl ScrapeLimits {
+    /// The defaults (see the README): far above a real app's exposition, far below what
+    /// would hurt the sidecar.
+    pub const DEFAULT: Self = Self {
+        sample_limit: 100_000,
+        label_limit: 64,
+        label_name_length_limit: 128,
+        label_value_length_limit: 1024,
+    };
+
+    /// The first limit the `n`-th sample of a scrape (1-based) breaks, if any.
+    pub(crate) fn check(
+        &self,
+        n: usize,
+        sample: &crate::exposition::Sample<'_>,
+    ) -> Option<ScrapeError> {
+        let over = |limit: usize, value: usize| limit > 0 && value > limit;
+        let fail = |kind, limit| Some(ScrapeError::Limit { kind, limit });
+        if over(self.sample_limit, n) {
+            return fail("sample_limit", self.sample_limit);
+        }
+        if over(self.label_limit, sample.labels.len() + 1) {
+            return fail("label_limit", self.label_limit);
+        }
+        if over(self.label_value_length_limit, sample.name.len()) {
+            return fail("label_value_length_limit", self.label_value_length_limit);
+        }
+        for (name, value) in sample.labels.iter() {
+            if over(self.label_name_length_limit, name.len()) {
+                return fail("label_name_length_limit", self.label_name_length_limit);
+            }
+            if over(self.label_value_length_limit, value.len()) {
+                return fail("label_value_length_limit", self.label_value_length_limit);
+            }
+        }
+        None
+    }
+}
+
+impl Default for ScrapeLimits {
+    fn default() -> Self {
+        Self::DEFAULT
     }
 }
 

@@ -101,17 +101,20 @@ impl Sidecar {
                 target,
                 selector,
                 auth,
-            } => LiveSource::Scrape(ScrapeSource::new(
-                Scraper::new(
-                    target.clone(),
-                    config.scrape_timeout,
-                    config.max_body_bytes,
-                    auth.clone(),
-                )?,
-                selector.clone(),
-                config.by.clone(),
-                config.capacity.latency_histogram.as_deref(),
-            )),
+            } => LiveSource::Scrape(
+                ScrapeSource::new(
+                    Scraper::new(
+                        target.clone(),
+                        config.scrape_timeout,
+                        config.max_body_bytes,
+                        auth.clone(),
+                    )?,
+                    selector.clone(),
+                    config.by.clone(),
+                    config.capacity.latency_histogram.as_deref(),
+                )
+                .with_limits(config.scrape_limits),
+            ),
             Source::Prometheus(p) => LiveSource::Prometheus(PromSource::new(
                 prom_client(&p.url, &p.auth)?,
                 p.query.clone(),

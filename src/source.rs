@@ -19,7 +19,7 @@ use crate::engine::Engine;
 use crate::exposition;
 use crate::history::{FUTURE_SKEW_SECONDS, MINUTE_SECONDS, RING_MINUTES, STEP_SECONDS};
 use crate::promapi::{Points, PromClient, PromError};
-use crate::scrape::{ScrapeError, Scraper};
+use crate::scrape::{ScrapeError, ScrapeLimits, Scraper};
 use crate::selector::Selector;
 use crate::shared::Shared;
 
@@ -112,6 +112,7 @@ pub struct ScrapeSource {
     selector: Selector,
     by: Vec<String>,
     latency: Option<Latency>,
+    limits: ScrapeLimits,
 }
 
 impl ScrapeSource {
@@ -133,7 +134,14 @@ impl ScrapeSource {
             selector,
             by,
             latency,
+            limits: ScrapeLimits::DEFAULT,
         }
+    }
+
+    /// The same, with these per-scrape limits.
+    pub fn with_limits(mut self, limits: ScrapeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     fn key(&self, labels: &exposition::Labels<'_>) -> Vec<String> {
@@ -156,7 +164,16 @@ impl ScrapeSource {
             let mut matched: Vec<(u64, Vec<String>, f64)> = Vec::new();
             let mut latency_totals: HashMap<Vec<String>, (f64, f64)> = HashMap::new();
             let mut refused = [0u64; 2];
+            let (mut samples, mut over_limit) = (0usize, None);
             exposition::parse(&body.bytes, body.format, |sample| {
+                if over_limit.is_some() {
+                    return;
+                }
+                samples += 1;
+                over_limit = self.limits.check(samples, &sample);
+                if over_limit.is_some() {
+                    return;
+                }
                 // A sample's own timestamp is not used (the scrape's time is), but one in
                 // the future or before the ring's start cannot be trusted.
                 let keep = RING_MINUTES as i64 * MINUTE_SECONDS;
@@ -189,6 +206,9 @@ impl ScrapeSource {
                     }
                 }
             })?;
+            if let Some(e) = over_limit {
+                return Err(e);
+            }
             count_refused(shared, refused);
             Ok((matched, latency_totals))
         });
@@ -450,6 +470,51 @@ pub async fn backfill(
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
+
+    /// Each limit refuses the first sample over it, with Prometheus's name; 0 turns it off.
+    #[test]
+    fn scrape_limits_name_the_limit_broken() {
+        let limits = ScrapeLimits {
+            sample_limit: 3,
+            label_limit: 3,
+            label_name_length_limit: 4,
+            label_value_length_limit: 5,
+        };
+        let broken = |text: &str, limits: ScrapeLimits| {
+            let mut n = 0;
+            let mut first = None;
+            exposition::parse(text.as_bytes(), exposition::Format::Text004, |sample| {
+                n += 1;
+                first = first.take().or_else(|| limits.check(n, &sample));
+            })
+            .expect("parses");
+            first.map(|e| e.reason())
+        };
+        for (text, want) in [
+            ("a 1\nb 1\nc 1\n", None),
+            ("a 1\nb 1\nc 1\nd 1\n", Some("sample_limit")),
+            ("a{x=\"1\",y=\"2\"} 1\n", None),
+            ("a{x=\"1\",y=\"2\",z=\"3\"} 1\n", Some("label_limit")),
+            ("a{abcde=\"1\"} 1\n", Some("label_name_length_limit")),
+            ("a{x=\"123456\"} 1\n", Some("label_value_length_limit")),
+            ("abcdef 1\n", Some("label_value_length_limit")),
+        ] {
+            assert_eq!(broken(text, limits), want, "{text:?}");
+        }
+        let off = ScrapeLimits {
+            sample_limit: 0,
+            label_limit: 0,
+            label_name_length_limit: 0,
+            label_value_length_limit: 0,
+        };
+        assert_eq!(
+            broken(
+                "a{abcde=\"123456\",y=\"2\",z=\"3\"} 1\nb 1\nc 1\nd 1\n",
+                off
+            ),
+            None
+        );
+    }
 
     /// A Prometheus point dated past the clock (or before the ring's start) is refused and
     /// counted, and never moves the ring: the minutes after it are still recorded.

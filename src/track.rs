@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use crate::features::{HORIZON_STEPS, WINDOW_STEPS};
 use crate::history::STEP_SECONDS;
-use crate::shared::TickReport;
+use crate::tick::TickReport;
 
 /// Past steps kept (3 hours).
 pub const TRACK_STEPS: usize = WINDOW_STEPS;
@@ -230,7 +230,7 @@ impl TrackBook {
 mod tests {
     use super::*;
     use crate::band::{Forecast, Interval};
-    use crate::shared::SeriesReport;
+    use crate::tick::SeriesReport;
 
     fn report(origin: i64, key: &str, level: f64, with_forecast: bool) -> TickReport {
         let interval = |m: f64| Interval {

@@ -177,6 +177,8 @@ async fn hostile_targets_are_counted_and_never_hurt_the_sidecar() {
         max_series: Some(5),
         // Room for the 50,000-series body (1.7 MB), not for the 64 MiB one.
         max_body_bytes: Some(4 << 20),
+        // Room for the 10 kB hostile label value below (the default is 1024 bytes).
+        label_value_length_limit: Some(16_384),
         ..FileConfig::default()
     }
     .validate()
@@ -228,6 +230,19 @@ async fn hostile_targets_are_counted_and_never_hurt_the_sidecar() {
         (
             "parse",
             Mode::Raw(200, "application/openmetrics-text; version=1.0.0", b"app_requests_total 1\n".to_vec()),
+        ),
+        // Prometheus's per-scrape limits: one sample over any of them fails the scrape.
+        (
+            "label_value_length_limit",
+            Mode::Raw(200, "text/plain", format!("app_requests_total{{code=\"{}\"}} 1\n", "v".repeat(16_385)).into_bytes()),
+        ),
+        (
+            "label_name_length_limit",
+            Mode::Raw(200, "text/plain", format!("app_requests_total{{{}=\"1\"}} 1\n", "n".repeat(129)).into_bytes()),
+        ),
+        (
+            "label_limit",
+            Mode::Raw(200, "text/plain", format!("other_total{{{}}} 1\n", (0..64).map(|i| format!("l{i}=\"x\"")).collect::<Vec<_>>().join(",")).into_bytes()),
         ),
     ];
     for (reason, mode) in cases {
