@@ -59,13 +59,14 @@ pub struct FileConfig {
     /// of it.
     #[arg(long, env = "FLOWCAST_SCRAPE_TIMEOUT")]
     pub scrape_timeout: Option<String>,
-    /// A file holding a bearer token for the target (re-read on every scrape).
+    /// A file holding a bearer token for the target (re-read every second, off the runtime).
     #[arg(long, env = "FLOWCAST_TARGET_BEARER_TOKEN_FILE")]
     pub target_bearer_token_file: Option<PathBuf>,
     /// Basic-auth user name for the target (with `target_basic_auth_password_file`).
     #[arg(long, env = "FLOWCAST_TARGET_BASIC_AUTH_USER")]
     pub target_basic_auth_user: Option<String>,
-    /// A file holding the target's basic-auth password (re-read on every scrape).
+    /// A file holding the target's basic-auth password (re-read every second, off the
+    /// runtime).
     #[arg(long, env = "FLOWCAST_TARGET_BASIC_AUTH_PASSWORD_FILE")]
     pub target_basic_auth_password_file: Option<PathBuf>,
     /// A PEM file of CA certificates to trust for an https target.
@@ -86,7 +87,8 @@ pub struct FileConfig {
     /// by the `by` labels (summed otherwise).
     #[arg(long, env = "FLOWCAST_QUERY")]
     pub query: Option<String>,
-    /// A file holding a bearer token for the Prometheus API (re-read on every query).
+    /// A file holding a bearer token for the Prometheus API (re-read every second, off the
+    /// runtime).
     #[arg(long, env = "FLOWCAST_PROMETHEUS_BEARER_TOKEN_FILE")]
     pub prometheus_bearer_token_file: Option<PathBuf>,
     /// Basic-auth user name for the Prometheus API.
@@ -186,7 +188,7 @@ pub struct FileConfig {
     #[arg(long, env = "FLOWCAST_LISTEN")]
     pub listen: Option<String>,
     /// A file holding a bearer token that every request to flowcast's endpoints must carry
-    /// (except /healthz and /readyz, for probes); re-read on every request.
+    /// (except /healthz and /readyz, for probes); re-read every second, off the runtime.
     #[arg(long, env = "FLOWCAST_LISTEN_BEARER_TOKEN_FILE")]
     pub listen_bearer_token_file: Option<PathBuf>,
     /// Basic-auth user name required on flowcast's endpoints (with the password file).

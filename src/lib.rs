@@ -36,6 +36,7 @@
 //! | [`shared`] | what the server reads: the latest tick's reports, capacity signals, readiness |
 //! | [`metrics`] | every metric's name, help and unit |
 //! | [`gauge_table`] | the per-series gauge table and the `/metrics` text/gzip encoding |
+//! | [`secrets`] | secret files held in memory, re-read by one background thread (no file I/O per request) |
 //! | [`server`] | hyper: `/metrics`, `/healthz`, `/readyz`, `/`, `/api/v1/forecast` (routing) |
 //! | [`page`] | the live web page at `/`: track record, band ahead, coverage, replicas |
 //! | [`tick`] | what one tick produced per series (`TickReport`, `SeriesReport`): plain data |
@@ -78,6 +79,7 @@ pub mod promapi;
 pub mod report;
 pub mod scaling;
 pub mod scrape;
+pub mod secrets;
 pub mod selector;
 pub mod server;
 pub mod shard;

@@ -9,11 +9,13 @@
 //! never logged.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
 
 use crate::exposition::Format;
+use crate::secrets::SecretFile;
 
 /// Why a scrape failed.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +140,8 @@ pub struct Body {
     pub format: Format,
 }
 
-/// How to authenticate to an HTTP endpoint. Secrets live in files, read per request.
+/// How to authenticate to an HTTP endpoint. Secrets live in files, held in memory and
+/// refreshed off the runtime ([`crate::secrets`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HttpAuth {
     /// A file holding a bearer token (`Authorization: Bearer ...`).
@@ -156,6 +159,9 @@ pub struct HttpAuth {
 pub struct HttpFetcher {
     client: reqwest::Client,
     auth: HttpAuth,
+    /// The bearer token file's or the basic-auth password file's content, refreshed off
+    /// the runtime (no file is read per request).
+    secret: Option<Arc<SecretFile>>,
     timeout: Duration,
     max_body_bytes: usize,
 }
@@ -219,9 +225,14 @@ impl HttpFetcher {
         let client = builder
             .build()
             .map_err(|e| ScrapeError::Connect(e.to_string()))?;
+        let secret = match (&auth.bearer_token_file, &auth.basic) {
+            (Some(path), _) | (None, Some((_, path))) => Some(SecretFile::watch(path)),
+            (None, None) => None,
+        };
         Ok(Self {
             client,
             auth,
+            secret,
             timeout,
             max_body_bytes,
         })
@@ -239,11 +250,16 @@ impl HttpFetcher {
             }
         };
         let mut request = self.client.get(url).header(reqwest::header::ACCEPT, accept);
-        if let Some(path) = &self.auth.bearer_token_file {
-            request = request.bearer_auth(read_secret(path)?);
-        }
-        if let Some((user, path)) = &self.auth.basic {
-            request = request.basic_auth(user, Some(read_secret(path)?));
+        if let Some(secret) = &self.secret {
+            let value = secret.get().ok_or_else(|| {
+                ScrapeError::Credentials(format!("{}: unreadable", secret.path().display()))
+            })?;
+            request = match &self.auth.basic {
+                Some((user, _)) if self.auth.bearer_token_file.is_none() => {
+                    request.basic_auth(user, Some(&*value))
+                }
+                _ => request.bearer_auth(&*value),
+            };
         }
         let mut response = request.send().await.map_err(classify)?;
         if response
@@ -271,13 +287,6 @@ impl HttpFetcher {
             bytes,
         })
     }
-}
-
-/// Reads a secret file (trimmed). The error names the file, never its content.
-fn read_secret(path: &std::path::Path) -> Result<String, ScrapeError> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| ScrapeError::Credentials(format!("{}: {e}", path.display())))
 }
 
 /// A scraper of one target.

@@ -161,27 +161,27 @@ fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
 }
 
 /// Whether the request carries the credentials configured for flowcast's endpoints
-/// (always true when none are). Secret files are read per request, so rotation needs no
-/// restart; an unreadable file refuses everything rather than opening up.
+/// (always true when none are). The secret comes from memory, refreshed off the runtime
+/// ([`crate::secrets`]), so rotation needs no restart and no request reads a file; an
+/// unreadable file refuses everything rather than opening up.
 fn authorised(shared: &Shared, req: &Request<Incoming>) -> bool {
     let auth = &shared.endpoint_auth;
+    if auth.bearer_token_file.is_none() && auth.basic.is_none() {
+        return true;
+    }
+    let Some(secret) = shared.endpoint_secret.as_ref().and_then(|s| s.get()) else {
+        return false;
+    };
     let expected = match (&auth.bearer_token_file, &auth.basic) {
-        (None, None) => return true,
-        (Some(path), _) => match std::fs::read_to_string(path) {
-            Ok(t) => format!("Bearer {}", t.trim()),
-            Err(_) => return false,
-        },
-        (None, Some((user, path))) => match std::fs::read_to_string(path) {
-            Ok(p) => {
-                use base64::Engine as _;
-                let pair = format!("{user}:{}", p.trim());
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                )
-            }
-            Err(_) => return false,
-        },
+        (None, Some((user, _))) => {
+            use base64::Engine as _;
+            let pair = format!("{user}:{secret}");
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        }
+        _ => format!("Bearer {secret}"),
     };
     let given = req
         .headers()

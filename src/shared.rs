@@ -32,6 +32,9 @@ pub struct Shared {
     pub capacity: Capacity,
     /// Credentials required on flowcast's own endpoints (none by default).
     pub endpoint_auth: crate::scrape::HttpAuth,
+    /// The endpoint's token or password file, held in memory and refreshed off the
+    /// runtime ([`crate::secrets`]).
+    pub endpoint_secret: Option<Arc<crate::secrets::SecretFile>>,
     /// The bands forecast for past steps, for the web page (fed by [`Shared::publish`]).
     track: Mutex<TrackBook>,
 }
@@ -47,6 +50,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             capacity: Capacity::default(),
             endpoint_auth: crate::scrape::HttpAuth::default(),
+            endpoint_secret: None,
             track: Mutex::new(TrackBook::default()),
         }
     }
@@ -61,6 +65,12 @@ impl Shared {
 
     /// The same, requiring these credentials on every endpoint but the probes.
     pub fn with_endpoint_auth(mut self, auth: crate::scrape::HttpAuth) -> Self {
+        self.endpoint_secret = match (&auth.bearer_token_file, &auth.basic) {
+            (Some(path), _) | (None, Some((_, path))) => {
+                Some(crate::secrets::SecretFile::watch(path))
+            }
+            (None, None) => None,
+        };
         self.endpoint_auth = auth;
         self
     }
