@@ -142,6 +142,12 @@ pub struct FileConfig {
     /// Largest scrape or API body read, in bytes; a larger body fails. Default: 16 MiB.
     #[arg(long, env = "FLOWCAST_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Whether redirects from the target or the Prometheus API are followed (up to 10, as
+    /// Prometheus's `follow_redirects`); a redirect from https to http is refused either
+    /// way, and with `false` a redirect fails the scrape (`reason="redirect"`). Default:
+    /// true.
+    #[arg(long, env = "FLOWCAST_FOLLOW_REDIRECTS")]
+    pub follow_redirects: Option<bool>,
     /// Most samples in one scrape of the target; a scrape with more fails as a whole
     /// (Prometheus's `sample_limit`; 0 is no limit). Default: 100000.
     #[arg(long, env = "FLOWCAST_SAMPLE_LIMIT")]
@@ -477,6 +483,7 @@ impl FileConfig {
             ca_file: self.prometheus_ca_file.clone(),
             client_cert_file: self.prometheus_client_cert_file.clone(),
             client_key_file: self.prometheus_client_key_file.clone(),
+            follow_redirects: self.follow_redirects.unwrap_or(true),
         })?;
         let prometheus_url = self
             .prometheus_url
@@ -536,6 +543,7 @@ impl FileConfig {
             ca_file: self.target_ca_file.clone(),
             client_cert_file: self.target_client_cert_file.clone(),
             client_key_file: self.target_client_key_file.clone(),
+            follow_redirects: self.follow_redirects.unwrap_or(true),
         })?;
         Ok(Source::Scrape {
             target,
@@ -832,6 +840,7 @@ impl FileConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            follow_redirects: false,
         })?;
         let metric_prefix = self
             .metric_prefix
@@ -974,10 +983,12 @@ struct AuthFiles {
     ca_file: Option<PathBuf>,
     client_cert_file: Option<PathBuf>,
     client_key_file: Option<PathBuf>,
+    follow_redirects: bool,
 }
 
-/// Credentials: every file must be readable now (a typo is a start-up error, exit 2), but
-/// is read again on every request so that rotated secrets are picked up.
+/// Credentials: every file must be readable now (a typo is a start-up error, exit 2), and
+/// a token or password file must not be empty; they are re-read in the background so that
+/// rotated secrets are picked up.
 fn auth(files: AuthFiles) -> Result<HttpAuth, ConfigError> {
     let readable = |key: &'static str, path: &Path| {
         std::fs::metadata(path)
@@ -990,13 +1001,23 @@ fn auth(files: AuthFiles) -> Result<HttpAuth, ConfigError> {
                 }
             })
     };
+    let not_empty = |key: &'static str, path: &Path| match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => Err(invalid(
+            key,
+            format!("{} is empty: an empty secret is refused", path.display()),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(invalid(key, format!("{}: {e}", path.display()))),
+    };
     let key = |part: &str| files.side.key(part);
     if let Some(p) = &files.bearer_token_file {
         readable(key("token"), p)?;
+        not_empty(key("token"), p)?;
     }
     let basic = match (files.user, files.password_file) {
         (Some(u), Some(p)) => {
             readable(key("password"), &p)?;
+            not_empty(key("password"), &p)?;
             Some((u, p))
         }
         (None, None) => None,
@@ -1032,6 +1053,7 @@ fn auth(files: AuthFiles) -> Result<HttpAuth, ConfigError> {
         basic,
         ca_file: files.ca_file,
         client_identity,
+        follow_redirects: files.follow_redirects,
     })
 }
 

@@ -26,6 +26,9 @@ pub enum ScrapeError {
     /// The connection could not be made or broke.
     #[error("cannot connect to the target: {0}")]
     Connect(String),
+    /// A redirect that is refused (https to http) or one too many.
+    #[error("redirect refused: {0}")]
+    Redirect(String),
     /// The target answered with a non-2xx status.
     #[error("target answered HTTP {0}")]
     Status(u16),
@@ -59,6 +62,8 @@ impl ScrapeError {
         match self {
             Self::Timeout(_) => "timeout",
             Self::Connect(_) => "connect",
+            Self::Redirect(_) => "redirect",
+            Self::Status(s) if (300..400).contains(s) => "redirect",
             Self::Status(s) if (400..500).contains(s) => "http_4xx",
             Self::Status(_) => "http_5xx",
             Self::TooLarge(_) => "body_too_large",
@@ -142,7 +147,7 @@ pub struct Body {
 
 /// How to authenticate to an HTTP endpoint. Secrets live in files, held in memory and
 /// refreshed off the runtime ([`crate::secrets`]).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpAuth {
     /// A file holding a bearer token (`Authorization: Bearer ...`).
     pub bearer_token_file: Option<PathBuf>,
@@ -152,6 +157,43 @@ pub struct HttpAuth {
     pub ca_file: Option<PathBuf>,
     /// Mutual TLS: a PEM client certificate file and its private key file.
     pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// Whether redirects are followed (Prometheus's `follow_redirects`, default true); a
+    /// redirect from https to http is refused either way.
+    pub follow_redirects: bool,
+}
+
+impl Default for HttpAuth {
+    fn default() -> Self {
+        Self {
+            bearer_token_file: None,
+            basic: None,
+            ca_file: None,
+            client_identity: None,
+            follow_redirects: true,
+        }
+    }
+}
+
+/// Most redirects followed in a row (Go's `http.Client`, which Prometheus uses).
+const MAX_REDIRECTS: usize = 10;
+
+/// Prometheus's redirect rules: follow up to [`MAX_REDIRECTS`] when `follow` is set, else
+/// hand the 3xx back (the scrape fails with `reason="redirect"`); never from https down to
+/// http, where a bearer token or password would travel in clear text.
+fn redirect_policy(follow: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if downgrade {
+            attempt.error("a redirect from https to http is refused")
+        } else if !follow {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("stopped after {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// An HTTP client bound to one timeout, body cap and authentication.
@@ -187,7 +229,7 @@ impl HttpFetcher {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirect_policy(auth.follow_redirects))
             .user_agent(concat!("flowcast/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &auth.ca_file {
             let pem = std::fs::read(path)
@@ -241,7 +283,9 @@ impl HttpFetcher {
     /// GETs `url` with `accept`, reading at most the body cap.
     pub async fn get(&self, url: Url, accept: &str) -> Result<Fetched, ScrapeError> {
         let classify = |e: reqwest::Error| {
-            if e.is_timeout() {
+            if e.is_redirect() {
+                ScrapeError::Redirect(without_url(&e))
+            } else if e.is_timeout() {
                 ScrapeError::Timeout(self.timeout)
             } else if e.is_connect() || e.is_request() {
                 ScrapeError::Connect(without_url(&e))

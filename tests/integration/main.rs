@@ -332,11 +332,25 @@ fn bad_flags_and_configs_exit_2_naming_the_problem() {
         let negative = csv("negative.csv", "timestamp,value\n-300,1\n0,1\n");
         let backwards = csv("backwards.csv", "timestamp,value\n600,1\n660,1\n300,1\n");
         let gap = csv("gap.csv", "timestamp,value\n0,1\n300,1\n1000000000,1\n");
+        let empty = dir.join("empty-password");
+        std::fs::write(&empty, "\n").expect("write");
+        let empty_password = args(&[
+            "check-config",
+            "--target",
+            "http://127.0.0.1:1/",
+            "--selector",
+            "x_total",
+            "--listen-basic-auth-user",
+            "u",
+            "--listen-basic-auth-password-file",
+            &empty.display().to_string(),
+        ]);
         vec![
             (future, "line 4: timestamp 4102444800 is"),
             (negative, "line 2: timestamp -300 is negative"),
             (backwards, "line 4: unsorted timestamp 300"),
             (gap, "line 4: a gap of"),
+            (empty_password, "an empty secret is refused"),
             (
                 vec![
                     "run".into(),

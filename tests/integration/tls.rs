@@ -27,10 +27,9 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// An https app that answers 200 with a growing counter when the Authorization header
-/// equals `expected`, else 401. With `client_ca`, the TLS handshake also demands a client
-/// certificate signed by that CA (mutual TLS).
-async fn https_app(expected: Arc<Mutex<String>>, client_ca: Option<&str>) -> String {
+/// The test server's TLS: the fixture certificate, with `client_ca` demanding a client
+/// certificate signed by it.
+fn tls_acceptor(client_ca: Option<&str>) -> tokio_rustls::TlsAcceptor {
     let certs = CertificateDer::pem_file_iter(fixture("server.pem"))
         .expect("cert file")
         .collect::<Result<Vec<_>, _>>()
@@ -58,7 +57,14 @@ async fn https_app(expected: Arc<Mutex<String>>, client_ca: Option<&str>) -> Str
         }
     };
     let config = builder.with_single_cert(certs, key).expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// An https app that answers 200 with a growing counter when the Authorization header
+/// equals `expected`, else 401. With `client_ca`, the TLS handshake also demands a client
+/// certificate signed by that CA (mutual TLS).
+async fn https_app(expected: Arc<Mutex<String>>, client_ca: Option<&str>) -> String {
+    let acceptor = tls_acceptor(client_ca);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!(
         "https://127.0.0.1:{}/metrics",
@@ -246,4 +252,101 @@ async fn https_targets_need_the_ca_and_credentials_from_files() {
     wait_scrapes(&m, "client certificate", |ok, _| ok >= 2.0).await;
     stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server that answers every request with a 302 to `location` (over TLS with `tls`), or
+/// 200 with a counter on `/metrics-final`. Returns its base URL.
+async fn redirector(tls: bool, location: Arc<Mutex<String>>) -> String {
+    let acceptor = tls.then(|| tls_acceptor(None));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!(
+        "{}://127.0.0.1:{}",
+        if tls { "https" } else { "http" },
+        listener.local_addr().expect("addr").port()
+    );
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, location) = (acceptor.clone(), Arc::clone(&location));
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let mut r = Response::new(Full::new(Bytes::from(
+                        "# TYPE app_requests_total counter\napp_requests_total 1\n",
+                    )));
+                    if req.uri().path() != "/metrics-final" {
+                        *r.status_mut() = hyper::StatusCode::FOUND;
+                        let to = location.lock().expect("lock").clone();
+                        r.headers_mut()
+                            .insert("location", to.parse().expect("location header"));
+                    }
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                let http = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    Some(a) => {
+                        if let Ok(tls) = a.accept(tcp).await {
+                            let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                        }
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                    }
+                }
+            });
+        }
+    });
+    base
+}
+
+/// Redirects as in Prometheus: followed by default, handed back with
+/// `follow_redirects: false` (the scrape fails with reason="redirect"), and never from
+/// https down to http.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_followed_unless_off_and_never_downgrade() {
+    use flowcast::scrape::{HttpAuth, HttpFetcher, ScrapeError};
+    let plain_to = Arc::new(Mutex::new(String::new()));
+    let plain = redirector(false, Arc::clone(&plain_to)).await;
+    *plain_to.lock().expect("lock") = format!("{plain}/metrics-final");
+    let fetch = |auth: HttpAuth, url: String| async move {
+        let http = HttpFetcher::new(Duration::from_secs(5), 1 << 20, auth).expect("client");
+        http.get(url.parse().expect("url"), "text/plain").await
+    };
+    let followed = fetch(HttpAuth::default(), format!("{plain}/metrics"))
+        .await
+        .expect("followed");
+    assert_eq!(followed.status, 200);
+    let off = HttpAuth {
+        follow_redirects: false,
+        ..HttpAuth::default()
+    };
+    let kept = fetch(off, format!("{plain}/metrics"))
+        .await
+        .expect("answered");
+    assert_eq!(kept.status, 302, "not followed");
+    assert_eq!(ScrapeError::Status(kept.status).reason(), "redirect");
+
+    // https redirecting to http: refused even though following is on.
+    let tls_to = Arc::new(Mutex::new(format!("{plain}/metrics-final")));
+    let secure = redirector(true, tls_to).await;
+    let trusted = HttpAuth {
+        ca_file: Some(fixture("ca.pem")),
+        ..HttpAuth::default()
+    };
+    let Err(err) = fetch(trusted.clone(), format!("{secure}/metrics")).await else {
+        panic!("a redirect from https to http was followed");
+    };
+    assert_eq!(err.reason(), "redirect", "{err}");
+    assert!(err.to_string().contains("https to http"), "{err}");
+
+    // The live sidecar counts it under that reason.
+    let (m, stop) = run_sidecar(FileConfig {
+        target: Some(format!("{plain}/metrics")),
+        follow_redirects: Some(false),
+        ..FileConfig::default()
+    })
+    .await;
+    wait_scrapes(&m, "redirect not followed", |ok, failed| {
+        ok == 0.0 && failed("redirect") >= 1.0
+    })
+    .await;
+    stop.cancel();
 }
