@@ -120,7 +120,11 @@ fn main() {
                     k.hash(&mut h);
                     v.hash(&mut h);
                 }
-                let key = vec![s.labels.get("route").map(|v| v.into_owned()).unwrap_or_default()];
+                let key = vec![s
+                    .labels
+                    .get("route")
+                    .map(|v| v.into_owned())
+                    .unwrap_or_default()];
                 matched.push((h.finish(), key, s.value));
             }
         });
