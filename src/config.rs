@@ -203,6 +203,13 @@ pub struct FileConfig {
     /// A file holding the basic-auth password required on flowcast's endpoints.
     #[arg(long, env = "FLOWCAST_LISTEN_BASIC_AUTH_PASSWORD_FILE")]
     pub listen_basic_auth_password_file: Option<PathBuf>,
+    /// A web config in the Prometheus exporter-toolkit's format: `tls_server_config`
+    /// (`cert_file`, `key_file`, `client_ca_file`, `client_auth_type`, `min_version`) puts
+    /// TLS on the listener, `basic_auth_users` (bcrypt hashes) requires basic auth on every
+    /// endpoint but the probes. Re-read every second; an invalid change is logged and the
+    /// last good one stays. Default: none (plain HTTP).
+    #[arg(long = "web.config.file", env = "FLOWCAST_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// Path of a user ONNX model of the same contract; default: the embedded model.
     #[arg(long, env = "FLOWCAST_MODEL")]
     pub model: Option<PathBuf>,
@@ -330,6 +337,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Credentials required on flowcast's own endpoints (no CA).
     pub listen_auth: HttpAuth,
+    /// The exporter-toolkit web config (TLS, basic-auth users), checked at start.
+    pub web_config_file: Option<PathBuf>,
     /// Model source.
     pub model: ModelSource,
     /// Mask seed.
@@ -449,6 +458,7 @@ impl FileConfig {
             shutdown_grace: state.shutdown_grace,
             listen: server.listen,
             listen_auth: server.listen_auth,
+            web_config_file: server.web_config_file,
             model: inference.model,
             seed: inference.seed,
             metric_prefix: server.metric_prefix,
@@ -859,11 +869,16 @@ impl FileConfig {
                 format!("{metric_prefix:?} is not a valid metric name prefix"),
             ));
         }
+        if let Some(path) = &self.web_config_file {
+            crate::webconfig::WebConfig::load(path)
+                .map_err(|e| invalid("web_config_file", e.to_string()))?;
+        }
         Ok(ServerSection {
             max_body_bytes,
             listen,
             listen_auth,
             metric_prefix,
+            web_config_file: self.web_config_file.clone(),
         })
     }
 }
@@ -906,6 +921,7 @@ struct ServerSection {
     listen: SocketAddr,
     listen_auth: HttpAuth,
     metric_prefix: String,
+    web_config_file: Option<PathBuf>,
 }
 
 impl Config {

@@ -33,6 +33,7 @@
 //! | [`model`] | the only importer of tract: load, check against the card, batched MC passes |
 //! | [`combine`] | the online combination: a week of steps, the experts and their weights |
 //! | [`band`] | u1/u2/u3 → calibrated interval; the online calibration per series |
+//! | [`webconfig`] | `--web.config.file`: TLS and bcrypt basic auth on the listener (exporter-toolkit format), reloaded |
 //! | [`shared`] | what the server reads: the latest tick's reports, capacity signals, readiness |
 //! | [`metrics`] | every metric's name, help and unit |
 //! | [`gauge_table`] | the per-series gauge table and the `/metrics` text/gzip encoding |
@@ -89,6 +90,7 @@ pub mod source;
 pub mod state;
 pub mod tick;
 pub mod track;
+pub mod webconfig;
 
 #[cfg(test)]
 mod tests {

@@ -232,6 +232,8 @@ pub struct Metrics {
     pub series_dropped: IntCounter,
     /// Series evicted after `series_stale_after` without a sample.
     pub series_evicted: IntCounter,
+    /// Whether the last reload of `--web.config.file` succeeded (1 before any change).
+    pub web_config_reload_ok: IntGauge,
     /// Samples and points refused for their timestamps, by reason (`future`, `too_old`).
     pub samples_refused: IntCounterVec,
     /// Counter resets seen.
@@ -354,6 +356,10 @@ impl Metrics {
             series_dropped: own.counter(
                 "series_dropped_total",
                 "Samples whose series was refused because --max-series was reached.",
+            )?,
+            web_config_reload_ok: own.int_gauge(
+                "web_config_last_reload_successful",
+                "Whether the last reload of --web.config.file succeeded (an invalid file keeps the last good one).",
             )?,
             series_evicted: own.counter(
                 "series_evicted_total",

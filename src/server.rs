@@ -87,14 +87,34 @@ pub async fn serve(
                 }
             },
         };
+        let tls = shared.web.as_ref().and_then(|w| w.current().tls.clone());
         let shared = Arc::clone(&shared);
         let service = hyper::service::service_fn(move |req| {
             let shared = Arc::clone(&shared);
-            async move { Ok::<_, Infallible>(route(&shared, req, hold)) }
+            async move {
+                let web_ok = web_credentials(&shared, &req).await;
+                Ok::<_, Infallible>(route(&shared, req, hold, web_ok))
+            }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let (watcher, builder) = (graceful.watcher(), builder.clone());
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(config) => match tls_handshake(stream, config, handshake_timeout).await {
+                    Some(stream) => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), service))
+                            .await
+                    }
+                    None => Ok(()),
+                },
+            };
+            if let Err(e) = served {
                 debug!(error = %e, peer = %peer, "connection ended with an error");
             }
             drop(permit);
@@ -106,6 +126,72 @@ pub async fn serve(
         .is_err()
     {
         warn!("in-flight requests did not finish within the drain time");
+    }
+}
+
+/// The TLS handshake of a new connection (within `timeout`). A client that speaks plain
+/// HTTP to the TLS port gets a 400 in plain text saying so, as Go's servers (and so the
+/// exporters) answer, and the connection is closed.
+async fn tls_handshake(
+    mut stream: tokio::net::TcpStream,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        // 0x16: a TLS handshake record.
+        Ok(Ok(1)) if first[0] == 0x16 => {}
+        Ok(Ok(1)) => {
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.0 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+                      connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+                )
+                .await;
+            let _ = stream.shutdown().await;
+            return None;
+        }
+        _ => return None,
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// The verdict of the web config's basic-auth users on a request: `None` when it has
+/// none (or the path is a probe). A credential not verified before is checked with bcrypt
+/// on a blocking thread, never on the runtime.
+async fn web_credentials(shared: &Arc<Shared>, req: &Request<Incoming>) -> Option<bool> {
+    use crate::webconfig::Credentials;
+    let web = shared.web.as_ref()?;
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return None;
+    }
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match web.credentials(header) {
+        Credentials::NotConfigured => None,
+        Credentials::Known(ok) => Some(ok),
+        Credentials::Verify(pending) => {
+            let web = Arc::clone(web);
+            Some(
+                tokio::task::spawn_blocking(move || web.verify(pending))
+                    .await
+                    .unwrap_or(false),
+            )
+        }
     }
 }
 
@@ -160,6 +246,18 @@ fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
     star
 }
 
+/// Whether a request may see a non-probe endpoint: with no credentials configured, yes;
+/// else when it carries the listener's token or password, or a user of the web config.
+fn allowed(shared: &Shared, req: &Request<Incoming>, web_ok: Option<bool>) -> bool {
+    let auth = &shared.endpoint_auth;
+    let listen_configured = auth.bearer_token_file.is_some() || auth.basic.is_some();
+    match (listen_configured, web_ok) {
+        (false, None) => true,
+        (false, Some(ok)) => ok,
+        (true, web) => web == Some(true) || authorised(shared, req),
+    }
+}
+
 /// Whether the request carries the credentials configured for flowcast's endpoints
 /// (always true when none are). The secret comes from memory, refreshed off the runtime
 /// ([`crate::secrets`]), so rotation needs no restart and no request reads a file; an
@@ -199,13 +297,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn route(shared: &Shared, req: Request<Incoming>, hold: Option<Duration>) -> Response<Chunks> {
+fn route(
+    shared: &Shared,
+    req: Request<Incoming>,
+    hold: Option<Duration>,
+    web_ok: Option<bool>,
+) -> Response<Chunks> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let probe = matches!(path.as_str(), "/healthz" | "/readyz");
     let response = if req.method() != Method::GET && req.method() != Method::HEAD {
         text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n")
-    } else if !probe && !authorised(shared, &req) {
+    } else if !probe && !allowed(shared, &req, web_ok) {
         let mut r = text(StatusCode::UNAUTHORIZED, "unauthorised\n");
         r.headers_mut().insert(
             hyper::header::WWW_AUTHENTICATE,

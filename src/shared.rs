@@ -35,6 +35,8 @@ pub struct Shared {
     /// The endpoint's token or password file, held in memory and refreshed off the
     /// runtime ([`crate::secrets`]).
     pub endpoint_secret: Option<Arc<crate::secrets::SecretFile>>,
+    /// The exporter-toolkit web config (TLS, basic-auth users), when one is given.
+    pub web: Option<Arc<crate::webconfig::WebConfigWatch>>,
     /// The bands forecast for past steps, for the web page (fed by [`Shared::publish`]).
     track: Mutex<TrackBook>,
 }
@@ -51,6 +53,7 @@ impl Shared {
             capacity: Capacity::default(),
             endpoint_auth: crate::scrape::HttpAuth::default(),
             endpoint_secret: None,
+            web: None,
             track: Mutex::new(TrackBook::default()),
         }
     }
@@ -72,6 +75,12 @@ impl Shared {
             (None, None) => None,
         };
         self.endpoint_auth = auth;
+        self
+    }
+
+    /// The same, serving with this web config (TLS and basic-auth users).
+    pub fn with_web_config(mut self, web: Arc<crate::webconfig::WebConfigWatch>) -> Self {
+        self.web = Some(web);
         self
     }
 

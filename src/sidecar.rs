@@ -41,6 +41,9 @@ pub enum StartError {
     /// The Prometheus client could not be built.
     #[error(transparent)]
     Prometheus(#[from] PromError),
+    /// The web config (`--web.config.file`) is invalid or unreadable.
+    #[error(transparent)]
+    WebConfig(#[from] crate::webconfig::WebConfigError),
 }
 
 /// Loads the configured model.
@@ -124,11 +127,18 @@ impl Sidecar {
             Some(b) => Some((prom_client(&b.url, &b.auth)?, b.query.clone())),
             None => None,
         };
-        let shared = Arc::new(
-            Shared::new(metrics, config.series_name.clone(), config.by.clone())
-                .with_capacity(config.capacity.clone())
-                .with_endpoint_auth(config.listen_auth.clone()),
-        );
+        let mut shared = Shared::new(metrics, config.series_name.clone(), config.by.clone())
+            .with_capacity(config.capacity.clone())
+            .with_endpoint_auth(config.listen_auth.clone());
+        if let Some(path) = &config.web_config_file {
+            let gauge = shared.metrics.web_config_reload_ok.clone();
+            gauge.set(1);
+            let watch = crate::webconfig::WebConfigWatch::start(path, move |ok| {
+                gauge.set(i64::from(ok));
+            })?;
+            shared = shared.with_web_config(watch);
+        }
+        let shared = Arc::new(shared);
         let state = config.state_dir.as_ref().map(|dir| StateSettings {
             dir: dir.clone(),
             interval: config.snapshot_interval,

@@ -14,6 +14,7 @@ mod support;
 
 mod dashboard;
 mod dockerfile;
+mod https;
 mod keda;
 mod keda_metrics_api;
 mod kubernetes;

@@ -103,6 +103,17 @@ pub(crate) struct PromApi {
 }
 
 impl PromApi {
+    /// The API of a Prometheus listening on loopback `port`.
+    pub(crate) fn new(port: u16) -> Self {
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("client"),
+        }
+    }
+
     pub(crate) async fn get(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
         let r = self
             .client
@@ -134,7 +145,7 @@ impl PromApi {
     }
 
     /// Polls `expr` until `done` holds for its result vector (at most `limit`).
-    async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         expr: &str,
         limit: Duration,

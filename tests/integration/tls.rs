@@ -350,3 +350,146 @@ async fn redirects_are_followed_unless_off_and_never_downgrade() {
     .await;
     stop.cancel();
 }
+
+/// flowcast's own listener with an exporter-toolkit web config: a real TLS handshake with
+/// the test CA's certificate, bcrypt basic auth on every endpoint but the probes, a clean
+/// 400 for plain HTTP on the TLS port, and a changed password taking effect on reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_speaks_tls_and_basic_auth_from_a_web_config() {
+    use base64::Engine as _;
+    let dir = std::env::temp_dir().join(format!("flowcast-web-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let web = dir.join("web.yml");
+    let write = |password: &str| {
+        let hash = bcrypt::hash(password, 4).expect("bcrypt");
+        // Relative paths are relative to the web config's directory.
+        std::fs::copy(fixture("server.pem"), dir.join("server.pem")).expect("cert");
+        std::fs::copy(fixture("server.key"), dir.join("server.key")).expect("key");
+        std::fs::write(
+            &web,
+            format!("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\nbasic_auth_users:\n  flow: {hash}\n"),
+        )
+        .expect("web config");
+    };
+    write("first-pass");
+    let app =
+        crate::support::FakeApp::start("# TYPE app_requests_total counter\napp_requests_total 1\n")
+            .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let config = FileConfig {
+        target: Some(app.url()),
+        selector: Some("app_requests_total".into()),
+        mc_passes: Some(4),
+        web_config_file: Some(web.clone()),
+        ..FileConfig::default()
+    }
+    .validate()
+    .expect("config");
+    let sidecar =
+        Sidecar::new(&config, Arc::new(Model::embedded().expect("model"))).expect("sidecar");
+    let stop = CancellationToken::new();
+    tokio::spawn(sidecar.run(listener, stop.clone()));
+
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(fixture("ca.pem")).expect("ca"))
+        .expect("ca pem");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let base = format!("https://127.0.0.1:{port}");
+    let basic = |pair: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    };
+    let status = |path: &'static str, auth: Option<String>| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let mut r = client.get(format!("{base}{path}"));
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            r.send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+        }
+    };
+    assert_eq!(status("/healthz", None).await, 200, "probes stay open");
+    assert_eq!(status("/metrics", None).await, 401);
+    assert_eq!(status("/metrics", Some(basic("flow:wrong"))).await, 401);
+    assert_eq!(
+        status("/metrics", Some(basic("flow:"))).await,
+        401,
+        "an empty password"
+    );
+    assert_eq!(
+        status("/metrics", Some(basic("flow:first-pass"))).await,
+        200
+    );
+    assert_eq!(
+        status("/", Some(basic("flow:first-pass"))).await,
+        200,
+        "the web page too"
+    );
+
+    // A client that does not trust the CA fails the handshake.
+    let untrusting = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    assert!(untrusting
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_err());
+
+    // Plain HTTP to the TLS port gets a clean 400 that says why.
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("an answer");
+    assert_eq!(plain.status().as_u16(), 400);
+    assert!(plain
+        .text()
+        .await
+        .unwrap_or_default()
+        .contains("HTTPS server"));
+
+    // A new password takes effect on reload (within seconds), the old one stops working.
+    write("second-pass");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status("/metrics", Some(basic("flow:second-pass"))).await != 200 {
+        assert!(Instant::now() < deadline, "the web config was not reloaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status("/metrics", Some(basic("flow:first-pass"))).await,
+        401
+    );
+
+    // An invalid change is refused and counted; the last good configuration stays.
+    std::fs::write(&web, "basic_auth_users:\n  flow: not-a-hash\n").expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = client
+            .get(format!("{base}/metrics"))
+            .header("authorization", basic("flow:second-pass"))
+            .send()
+            .await
+            .expect("the last good config still serves")
+            .text()
+            .await
+            .unwrap_or_default();
+        let samples = read_metrics(&body);
+        if value(&samples, "flowcast_web_config_last_reload_successful", &[]) == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the invalid web config was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
