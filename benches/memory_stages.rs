@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
-use flowcast::engine::{Engine, EngineSettings};
-use flowcast::history::{MINUTE_SECONDS, RING_MINUTES};
-use flowcast::metrics::{ExpositionFormat, Metrics};
-use flowcast::model::Model;
-use flowcast::shared::Shared;
+use flowcast::forecast::engine::{Engine, EngineSettings};
+use flowcast::forecast::history::{MINUTE_SECONDS, RING_MINUTES};
+use flowcast::forecast::model::Model;
+use flowcast::serve::metrics::{ExpositionFormat, Metrics};
+use flowcast::serve::shared::Shared;
 
 fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -58,9 +58,9 @@ fn main() {
         EngineSettings {
             mc_passes: passes,
             seed: 1,
-            band: flowcast::band::BandMode::default(),
-            experts: flowcast::combine::ExpertSet::ALL,
-            limits: flowcast::history::SeriesLimits {
+            band: flowcast::forecast::band::BandMode::default(),
+            experts: flowcast::forecast::combine::ExpertSet::ALL,
+            limits: flowcast::forecast::history::SeriesLimits {
                 max_series: series,
                 max_children: series,
                 max_gap_seconds: 120.0,

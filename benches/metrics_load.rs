@@ -13,10 +13,10 @@ use std::io::Read as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowcast::clock::system_now;
 use flowcast::config::FileConfig;
-use flowcast::model::Model;
-use flowcast::sidecar::Sidecar;
+use flowcast::forecast::model::Model;
+use flowcast::host::clock::system_now;
+use flowcast::run::sidecar::Sidecar;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -28,10 +28,10 @@
 
 use std::time::{Duration, Instant};
 
-use flowcast::features::{
+use flowcast::forecast::features::{
     self, ModelInput, DECODER_FEATURES, ENCODER_FEATURES, HORIZON_STEPS, WINDOW_STEPS,
 };
-use flowcast::model::{Model, EMBEDDED_MODEL};
+use flowcast::forecast::model::{Model, EMBEDDED_MODEL};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
@@ -281,7 +281,7 @@ fn main() -> Result<(), BoxError> {
     );
     let threads_both = threads();
 
-    println!("ort_compare: models/flowcast.onnx ({} bytes, crc32 {:08x}) in tract 0.23.9 (flowcast::model::Model, embedded) and onnxruntime via ort 2.0.0-rc.15",
+    println!("ort_compare: models/flowcast.onnx ({} bytes, crc32 {:08x}) in tract 0.23.9 (flowcast::forecast::model::Model, embedded) and onnxruntime via ort 2.0.0-rc.15",
         EMBEDDED_MODEL.len(), crc32fast::hash(EMBEDDED_MODEL));
     println!("onnxruntime: {dylib}");
     println!("  process threads: {threads_tract} with tract loaded, {threads_both} with both");

@@ -4,8 +4,8 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use flowcast::exposition::{self, Format};
-use flowcast::selector::Selector;
+use flowcast::ingest::exposition::{self, Format};
+use flowcast::ingest::selector::Selector;
 
 /// About 1 MB of what a busy service exposes: request counters by method, route and code,
 /// latency histograms by route, and process gauges, with HELP/TYPE lines.

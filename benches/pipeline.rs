@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use flowcast::features::{self, WINDOW_STEPS};
-use flowcast::history::MinuteRing;
-use flowcast::model::Model;
+use flowcast::forecast::features::{self, WINDOW_STEPS};
+use flowcast::forecast::history::MinuteRing;
+use flowcast::forecast::model::Model;
 
 fn ring(c: &mut Criterion) {
     let mut ring = MinuteRing::new();

@@ -14,13 +14,13 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use flowcast::engine::{Engine, EngineSettings};
-use flowcast::exposition::{self, Format};
-use flowcast::history::SeriesLimits;
-use flowcast::metrics::Metrics;
-use flowcast::model::Model;
-use flowcast::selector::Selector;
-use flowcast::shared::Shared;
+use flowcast::forecast::engine::{Engine, EngineSettings};
+use flowcast::forecast::history::SeriesLimits;
+use flowcast::forecast::model::Model;
+use flowcast::ingest::exposition::{self, Format};
+use flowcast::ingest::selector::Selector;
+use flowcast::serve::metrics::Metrics;
+use flowcast::serve::shared::Shared;
 
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -85,8 +85,8 @@ fn main() {
         EngineSettings {
             mc_passes: 30,
             seed: 1,
-            band: flowcast::band::BandMode::default(),
-            experts: flowcast::combine::ExpertSet::ALL,
+            band: flowcast::forecast::band::BandMode::default(),
+            experts: flowcast::forecast::combine::ExpertSet::ALL,
             limits: SeriesLimits {
                 max_series: 100,
                 max_children: 10_000,

@@ -152,14 +152,14 @@ pub struct BacktestArgs {
     /// Band: combined (default: the LSTM and the statistical experts), combined-un3, or
     /// the LSTM alone: calibrated, un3 or un2.
     #[arg(long, default_value = "combined")]
-    pub band: crate::band::BandMode,
+    pub band: crate::forecast::band::BandMode,
     /// Experts of the combination, comma-separated (default: all of lstm, persistence,
     /// holt, day_ago, week_ago, mean_1h, mean_3h, mean_1d).
     #[arg(
         long,
         default_value = "lstm,persistence,holt,day_ago,week_ago,mean_1h,mean_3h,mean_1d"
     )]
-    pub experts: crate::combine::ExpertSet,
+    pub experts: crate::forecast::combine::ExpertSet,
     /// Write an SVG plot of the observed series and the band.
     #[arg(long)]
     pub plot: Option<PathBuf>,

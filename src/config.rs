@@ -13,12 +13,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::band::BandMode;
-use crate::combine::ExpertSet;
-use crate::metrics::RESERVED_LABELS;
-use crate::scrape::{HttpAuth, ScrapeLimits};
-use crate::selector::Selector;
-use crate::shard::Shard;
+use crate::forecast::band::BandMode;
+use crate::forecast::combine::ExpertSet;
+use crate::forecast::model::ModelSource;
+use crate::forecast::shard::Shard;
+use crate::ingest::scrape::{HttpAuth, ScrapeLimits};
+use crate::ingest::selector::Selector;
+use crate::serve::metrics::RESERVED_LABELS;
+use crate::serve::shared::Capacity;
 
 /// Monte-Carlo passes per forecast when none are configured (`run`, `backtest`).
 pub const DEFAULT_MC_PASSES: usize = 30;
@@ -269,31 +271,6 @@ pub struct PromEndpoint {
     pub query: String,
     /// Credentials and CA.
     pub auth: HttpAuth,
-}
-
-/// Capacity signals (METHOD.md §6).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Capacity {
-    /// Latency histogram name (without `_sum`/`_count`).
-    pub latency_histogram: Option<String>,
-    /// Requests per second per replica.
-    pub replica_capacity: Option<f64>,
-    /// Share of capacity kept free.
-    pub replica_headroom: f64,
-}
-
-/// Where the model comes from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelSource {
-    /// The model embedded in the binary.
-    Embedded,
-    /// A user's model and card.
-    Files {
-        /// ONNX file.
-        model: PathBuf,
-        /// Model card JSON.
-        card: PathBuf,
-    },
 }
 
 /// The validated settings of `flowcast run`.
@@ -687,9 +664,11 @@ impl FileConfig {
         let shard = match self.shard.as_deref() {
             None => None,
             Some(text) => {
-                let shard: Shard = text
-                    .parse()
-                    .map_err(|e: crate::shard::ShardError| invalid("shard", e.to_string()))?;
+                let shard: Shard =
+                    text.parse()
+                        .map_err(|e: crate::forecast::shard::ShardError| {
+                            invalid("shard", e.to_string())
+                        })?;
                 if shard.count > 1 && by.is_empty() {
                     return Err(invalid(
                         "shard",
@@ -773,15 +752,19 @@ impl FileConfig {
             None => BandMode::default(),
             Some(b) => b
                 .parse()
-                .map_err(|e: crate::band::UnknownBandMode| invalid("band", e.to_string()))?,
+                .map_err(|e: crate::forecast::band::UnknownBandMode| {
+                    invalid("band", e.to_string())
+                })?,
         };
-        let experts = match &self.experts {
-            None => ExpertSet::ALL,
-            Some(list) => list
-                .join(",")
-                .parse()
-                .map_err(|e: crate::combine::ExpertListError| invalid("experts", e.to_string()))?,
-        };
+        let experts =
+            match &self.experts {
+                None => ExpertSet::ALL,
+                Some(list) => list.join(",").parse().map_err(
+                    |e: crate::forecast::combine::ExpertListError| {
+                        invalid("experts", e.to_string())
+                    },
+                )?,
+            };
         Ok(InferenceSection {
             mc_passes,
             model,
@@ -870,7 +853,7 @@ impl FileConfig {
             ));
         }
         if let Some(path) = &self.web_config_file {
-            crate::webconfig::WebConfig::load(path)
+            crate::serve::webconfig::WebConfig::load(path)
                 .map_err(|e| invalid("web_config_file", e.to_string()))?;
         }
         Ok(ServerSection {
@@ -928,7 +911,7 @@ impl Config {
     /// What a state snapshot must have been taken with to be restored here: the source,
     /// the `by` labels, the band mode and the shard (another shard holds other series).
     pub fn state_identity(&self) -> String {
-        let base = crate::state::identity(&self.source.describe(), &self.by);
+        let base = crate::forecast::state::identity(&self.source.describe(), &self.by);
         match self.shard {
             Some(shard) => format!("{base};shard={shard}"),
             None => base,

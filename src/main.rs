@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use flowcast::cli::{Cli, Command};
-use flowcast::{backtest, bench, demo, sidecar};
+use flowcast::run::{backtest, bench, demo, sidecar};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

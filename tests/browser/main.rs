@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use flowcast::exposition::{self, Format};
+use flowcast::ingest::exposition::{self, Format};
 use support::{shared_dir, tool, ChildGuard};
 
 // Shared with the integration tests; this crate uses only part of it.

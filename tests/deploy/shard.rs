@@ -85,12 +85,12 @@ async fn shards_match_a_real_prometheus_hashmod() {
         };
         let (method, route) = (text("method"), text("route"));
         assert_eq!(
-            flowcast::shard::hashmod(&[method.clone(), route.clone()], 4),
+            flowcast::forecast::shard::hashmod(&[method.clone(), route.clone()], 4),
             shard("shard_two"),
             "by [method, route] = [{method:?}, {route:?}]"
         );
         assert_eq!(
-            flowcast::shard::hashmod(std::slice::from_ref(&route), 7),
+            flowcast::forecast::shard::hashmod(std::slice::from_ref(&route), 7),
             shard("shard_one"),
             "by [route] = [{route:?}]"
         );

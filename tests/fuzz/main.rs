@@ -15,13 +15,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use flowcast::band::BandMode;
-use flowcast::engine::{Engine, EngineSettings};
-use flowcast::exposition::{self, Format};
-use flowcast::history::SeriesLimits;
-use flowcast::metrics::Metrics;
-use flowcast::model::Model;
-use flowcast::selector::Selector;
+use flowcast::forecast::band::BandMode;
+use flowcast::forecast::engine::{Engine, EngineSettings};
+use flowcast::forecast::history::SeriesLimits;
+use flowcast::forecast::model::Model;
+use flowcast::ingest::exposition::{self, Format};
+use flowcast::ingest::selector::Selector;
+use flowcast::serve::metrics::Metrics;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -245,7 +245,7 @@ fn snapshots_never_panic() {
         mc_passes: 4,
         seed: 1,
         band: BandMode::default(),
-        experts: flowcast::combine::ExpertSet::ALL,
+        experts: flowcast::forecast::combine::ExpertSet::ALL,
         limits: SeriesLimits {
             max_series: 4,
             max_children: 16,
@@ -260,11 +260,12 @@ fn snapshots_never_panic() {
         engine.record_rate(&["b".to_string()], m, 3.0);
     }
     engine.tick(28_000_240 * 60).expect("tick");
-    let bytes =
-        flowcast::state::encode(&engine.snapshot("selector=x;by=k;band=Calibrated".into(), 1.0));
+    let bytes = flowcast::forecast::state::encode(
+        &engine.snapshot("selector=x;by=k;band=Calibrated".into(), 1.0),
+    );
     let n = budget("FLOWCAST_FUZZ_OTHER", 20_000);
     let restore = |framed: &[u8]| {
-        if let Ok(s) = flowcast::state::decode(framed, Path::new("fuzz")) {
+        if let Ok(s) = flowcast::forecast::state::decode(framed, Path::new("fuzz")) {
             // A decodable snapshot is still checked before it touches an engine, and what
             // it lets through must survive a tick (with eviction) on the engine's clock.
             let now = 28_000_245 * 60;
@@ -281,7 +282,7 @@ fn snapshots_never_panic() {
     // engine's checks.
     let payload = bytes[24..].to_vec();
     fuzz("snapshot-payload", vec![payload], n, |input| {
-        restore(&flowcast::state::frame(input))
+        restore(&flowcast::forecast::state::frame(input))
     });
 }
 
@@ -300,8 +301,8 @@ fn csv_and_config_parsers_never_panic() {
     let n = budget("FLOWCAST_FUZZ_OTHER", 20_000);
     fuzz("csv", csvs, n, |input| {
         if let Ok(text) = std::str::from_utf8(input) {
-            let _ = flowcast::backtest::parse_series(text, None, i64::MAX);
-            let _ = flowcast::backtest::parse_series(text, Some(60), i64::MAX);
+            let _ = flowcast::evidence::backtest::parse_series(text, None, i64::MAX);
+            let _ = flowcast::evidence::backtest::parse_series(text, Some(60), i64::MAX);
         }
     });
     let yaml = vec![

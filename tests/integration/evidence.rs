@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use flowcast::backtest::{self, Row, Series};
-use flowcast::baselines::{self, Baseline};
-use flowcast::scaling::{self, Deployment};
+use flowcast::evidence::backtest::{self, Row, Series};
+use flowcast::evidence::baselines::{self, Baseline};
+use flowcast::evidence::scaling::{self, Deployment};
 use serde_json::Value;
 
 use crate::support::{python, shared_dir};

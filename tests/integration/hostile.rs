@@ -7,11 +7,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flowcast::clock::system_now;
 use flowcast::config::FileConfig;
-use flowcast::exposition::{self, Format};
-use flowcast::model::Model;
-use flowcast::sidecar::Sidecar;
+use flowcast::forecast::model::Model;
+use flowcast::host::clock::system_now;
+use flowcast::ingest::exposition::{self, Format};
+use flowcast::run::sidecar::Sidecar;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -15,10 +15,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowcast::clock::system_now;
 use flowcast::config::FileConfig;
-use flowcast::model::Model;
-use flowcast::sidecar::Sidecar;
+use flowcast::forecast::model::Model;
+use flowcast::host::clock::system_now;
+use flowcast::run::sidecar::Sidecar;
 use support::{get, read_metrics, value, FakeApp};
 use tokio_util::sync::CancellationToken;
 
@@ -225,9 +225,9 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
     let om_body = om.text().await.expect("body");
     assert!(om_body.ends_with("# EOF\n"));
     let mut om_upper = None;
-    flowcast::exposition::parse(
+    flowcast::ingest::exposition::parse(
         om_body.as_bytes(),
-        flowcast::exposition::Format::OpenMetrics,
+        flowcast::ingest::exposition::Format::OpenMetrics,
         |s| {
             if s.name == "flowcast_forecast_upper_requests_per_second"
                 && s.labels.get("route").as_deref() == Some("/orders")
@@ -252,12 +252,12 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
 #[test]
 fn forecasts_are_scale_free() {
     let model = Arc::new(Model::embedded().expect("model"));
-    let settings = flowcast::engine::EngineSettings {
+    let settings = flowcast::forecast::engine::EngineSettings {
         mc_passes: 50,
         seed: 3,
-        band: flowcast::band::BandMode::default(),
-        experts: flowcast::combine::ExpertSet::ALL,
-        limits: flowcast::history::SeriesLimits {
+        band: flowcast::forecast::band::BandMode::default(),
+        experts: flowcast::forecast::combine::ExpertSet::ALL,
+        limits: flowcast::forecast::history::SeriesLimits {
             max_series: 1,
             max_children: 1,
             max_gap_seconds: 60.0,
@@ -267,7 +267,7 @@ fn forecasts_are_scale_free() {
     };
     let origin = 1_700_000_000 / 300 * 300;
     let mut engines = [1.0, 1000.0].map(|factor| {
-        let mut e = flowcast::engine::Engine::new(Arc::clone(&model), settings);
+        let mut e = flowcast::forecast::engine::Engine::new(Arc::clone(&model), settings);
         for m in origin / 60 - 240..origin / 60 {
             let rate =
                 0.5 + 0.3 * ((m as f64) / 37.0).sin().abs() + if m % 53 < 3 { 1.0 } else { 0.0 };

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowcast::selector::Selector;
+use flowcast::ingest::selector::Selector;
 
-use flowcast::model::Model;
-use flowcast::state;
+use flowcast::forecast::model::Model;
+use flowcast::forecast::state;
 
 use crate::support::{
     free_port, get, read_metrics, seed_snapshot, sigterm, value, wait_exit, FakeApp,
@@ -198,7 +198,7 @@ async fn state_survives_restarts_sigterm_and_a_kill_during_the_write() {
         &app,
         &dir,
         SELECTOR,
-        &[(flowcast::faults::SNAPSHOT_PAUSE_ENV, "20000")],
+        &[(flowcast::host::faults::SNAPSHOT_PAUSE_ENV, "20000")],
     );
     wait_for(&second, Duration::from_secs(15), orders_ready)
         .await

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use flowcast::backtest::{self, Row, Series, Settings};
-use flowcast::band::BandMode;
-use flowcast::model::Model;
+use flowcast::evidence::backtest::{self, Row, Series, Settings};
+use flowcast::forecast::band::BandMode;
+use flowcast::forecast::model::Model;
 
 const STEP: i64 = 300;
 /// 2023-11-14 22:15 UTC, so day boundaries fall inside every series.
@@ -40,7 +40,7 @@ fn run(s: &Series) -> Vec<Row> {
             seed: 1,
             mc_passes: 20,
             band: BandMode::default(),
-            experts: flowcast::combine::ExpertSet::ALL,
+            experts: flowcast::forecast::combine::ExpertSet::ALL,
             threads: 2,
         },
     )

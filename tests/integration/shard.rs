@@ -91,7 +91,7 @@ async fn two_shards_split_the_series_between_them() {
         assert!(!routes.is_empty(), "shard {index} got nothing");
         for r in routes.iter() {
             assert_eq!(
-                flowcast::shard::hashmod(std::slice::from_ref(r), 2),
+                flowcast::forecast::shard::hashmod(std::slice::from_ref(r), 2),
                 index,
                 "{r} in shard {index}"
             );

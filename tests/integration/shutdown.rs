@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowcast::faults::METRICS_HOLD_ENV;
+use flowcast::host::faults::METRICS_HOLD_ENV;
 
 use crate::support::{
     free_port, read_metrics, seed_snapshot_keys, sigterm, value, wait_exit, ChildGuard,
@@ -81,7 +81,7 @@ fn start(dir: &Path, port: u16, grace: &str, hold_ms: u64, setup: Setup) -> Chil
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env(METRICS_HOLD_ENV, hold_ms.to_string())
-        .env("FLOWCAST_LOG", "info,flowcast::live=debug")
+        .env("FLOWCAST_LOG", "info,flowcast::run::live=debug")
         .stdout(Stdio::null())
         .stderr(if setup.debug_log {
             Stdio::piped()

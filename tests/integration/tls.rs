@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flowcast::config::FileConfig;
-use flowcast::model::Model;
-use flowcast::sidecar::Sidecar;
+use flowcast::forecast::model::Model;
+use flowcast::run::sidecar::Sidecar;
 use http_body_util::Full;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
@@ -302,7 +302,7 @@ async fn redirector(tls: bool, location: Arc<Mutex<String>>) -> String {
 /// https down to http.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_followed_unless_off_and_never_downgrade() {
-    use flowcast::scrape::{HttpAuth, HttpFetcher, ScrapeError};
+    use flowcast::ingest::scrape::{HttpAuth, HttpFetcher, ScrapeError};
     let plain_to = Arc::new(Mutex::new(String::new()));
     let plain = redirector(false, Arc::clone(&plain_to)).await;
     *plain_to.lock().expect("lock") = format!("{plain}/metrics-final");

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flowcast::exposition::{self, Format};
+use flowcast::ingest::exposition::{self, Format};
 use http_body_util::Full;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
@@ -180,7 +180,7 @@ pub fn seed_snapshot(
     dir: &std::path::Path,
     config: &flowcast::config::Config,
     key: &[String],
-) -> flowcast::state::Snapshot {
+) -> flowcast::forecast::state::Snapshot {
     seed_snapshot_keys(dir, config, &[key.to_vec()])
 }
 
@@ -189,10 +189,10 @@ pub fn seed_snapshot_keys(
     dir: &std::path::Path,
     config: &flowcast::config::Config,
     keys: &[Vec<String>],
-) -> flowcast::state::Snapshot {
-    use flowcast::clock::system_now;
-    use flowcast::engine::{Engine, EngineSettings};
-    let model = Arc::new(flowcast::model::Model::embedded().expect("model"));
+) -> flowcast::forecast::state::Snapshot {
+    use flowcast::forecast::engine::{Engine, EngineSettings};
+    use flowcast::host::clock::system_now;
+    let model = Arc::new(flowcast::forecast::model::Model::embedded().expect("model"));
     let mut engine = Engine::new(
         model,
         EngineSettings {
@@ -200,7 +200,7 @@ pub fn seed_snapshot_keys(
             seed: 0,
             band: config.band,
             experts: config.experts,
-            limits: flowcast::history::SeriesLimits {
+            limits: flowcast::forecast::history::SeriesLimits {
                 max_series: keys.len().max(10),
                 max_children: keys.len().max(100),
                 max_gap_seconds: 120.0,
@@ -217,7 +217,7 @@ pub fn seed_snapshot_keys(
     }
     let identity = config.state_identity();
     let snapshot = engine.snapshot(identity, system_now() - 30.0);
-    flowcast::state::write(dir, &snapshot).expect("seed snapshot written");
+    flowcast::forecast::state::write(dir, &snapshot, None).expect("seed snapshot written");
     snapshot
 }
 
