@@ -310,18 +310,19 @@ impl Engine {
     /// between ticks, never between a [`Engine::prepare`] and its [`Engine::finish`].
     pub fn evict_stale(&mut self, now: i64) -> Vec<Vec<String>> {
         self.learn_new_series();
-        let before: Vec<Vec<String>> = match self.settings.limits.stale_after_seconds {
-            Some(_) => self.set.series().iter().map(|s| s.key.clone()).collect(),
-            None => return Vec::new(),
-        };
-        let kept = self.set.evict_stale(now as f64);
-        let mut flags = kept.iter();
-        self.learnt.retain(|_| *flags.next().unwrap_or(&true));
-        before
-            .into_iter()
-            .zip(kept)
-            .filter_map(|(key, kept)| (!kept).then_some(key))
-            .collect()
+        let removed = self.set.evict_stale(now as f64);
+        if removed.is_empty() {
+            return Vec::new();
+        }
+        // `removed` is in index order: drop the same entries of the per-series state.
+        let mut gone = removed.iter().map(|(index, _)| *index).peekable();
+        let mut index = 0;
+        self.learnt.retain(|_| {
+            let drop = gone.next_if_eq(&index).is_some();
+            index += 1;
+            !drop
+        });
+        removed.into_iter().map(|(_, key)| key).collect()
     }
 
     /// Reads the history at `origin` (unix seconds, rounded down to a minute): completes

@@ -449,29 +449,35 @@ impl SeriesSet {
     }
 
     /// Removes every series with no sample since `now - stale_after_seconds` (nothing
-    /// without a limit), freeing its memory and its cap slot, and returns whether each
-    /// series (by its index before the call) was kept. Child counters of removed series go
-    /// with them; the others are renumbered.
-    pub fn evict_stale(&mut self, now: f64) -> Vec<bool> {
+    /// without a limit), freeing its memory and its cap slot, and returns each removed
+    /// series' index before the call and its key, in index order. With nothing stale it
+    /// allocates nothing. Child counters of removed series go with them; the others are
+    /// renumbered.
+    pub fn evict_stale(&mut self, now: f64) -> Vec<(usize, Vec<String>)> {
         let Some(stale_after) = self.limits.stale_after_seconds else {
-            return vec![true; self.series.len()];
+            return Vec::new();
         };
-        let kept: Vec<bool> = self
-            .series
-            .iter()
-            .map(|s| now - s.last_seen <= stale_after)
-            .collect();
-        if kept.iter().all(|&k| k) {
-            return kept;
+        let is_kept = |s: &Series| now - s.last_seen <= stale_after;
+        // The common tick: nothing stale, and nothing allocated to find that out.
+        if self.series.iter().all(is_kept) {
+            return Vec::new();
         }
-        let mut renumbered = Vec::with_capacity(kept.len());
+        let mut renumbered = Vec::with_capacity(self.series.len());
+        let mut removed = Vec::new();
         let mut next = 0;
-        for &k in &kept {
-            renumbered.push(k.then_some(next));
-            next += usize::from(k);
+        for (index, series) in self.series.iter_mut().enumerate() {
+            if is_kept(series) {
+                renumbered.push(Some(next));
+                next += 1;
+            } else {
+                renumbered.push(None);
+                // The series is dropped below, so its key moves out rather than being copied.
+                removed.push((index, std::mem::take(&mut series.key)));
+            }
         }
-        let mut flags = kept.iter();
-        self.series.retain(|_| *flags.next().unwrap_or(&true));
+        let mut flags = renumbered.iter();
+        self.series
+            .retain(|_| flags.next().is_some_and(|slot| slot.is_some()));
         self.series.shrink_to(self.series.len().max(1) * 2);
         self.index = self
             .series
@@ -486,7 +492,7 @@ impl SeriesSet {
             }
             None => false,
         });
-        kept
+        removed
     }
 
     /// Forgets the time of the last scrape, so the next scrape gives no rate (after a
@@ -536,8 +542,8 @@ mod tests {
             let stats = set.observe(t, [(2, &b[..], t), (3, &c[..], 2.0 * t), (4, &d[..], 0.0)]);
             assert_eq!(stats.dropped, 1);
         }
-        assert_eq!(set.evict_stale(t), [false, true, true], "only a is stale");
-        assert_eq!(set.evict_stale(t), [true, true], "nothing more");
+        assert_eq!(set.evict_stale(t), [(0, a.clone())], "only a is stale");
+        assert_eq!(set.evict_stale(t), [], "nothing more");
         assert_eq!(set.find(&b), Some(0));
         assert_eq!(set.find(&c), Some(1));
         assert_eq!(set.find(&a), None);
