@@ -8,7 +8,7 @@
 //! Secrets are read from files on every request (so a rotated token is picked up) and
 //! never logged.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,6 +162,48 @@ pub struct HttpAuth {
     pub follow_redirects: bool,
 }
 
+/// The one credential an [`HttpAuth`] sends or expects: the token file, else the password
+/// file (a bearer token wins when both are configured).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Credential<'a> {
+    /// `Authorization: Bearer <the file's content>`.
+    Bearer {
+        /// The file holding the token.
+        token_file: &'a Path,
+    },
+    /// `Authorization: Basic base64(user:<the file's content>)`.
+    Basic {
+        /// The user name.
+        user: &'a str,
+        /// The file holding the password.
+        password_file: &'a Path,
+    },
+}
+
+impl Credential<'_> {
+    /// The file that holds the secret.
+    pub fn file(&self) -> &Path {
+        match self {
+            Credential::Bearer { token_file } => token_file,
+            Credential::Basic { password_file, .. } => password_file,
+        }
+    }
+}
+
+impl HttpAuth {
+    /// The credential in use, if any: the token file, else the password file.
+    pub fn credential(&self) -> Option<Credential<'_>> {
+        match (&self.bearer_token_file, &self.basic) {
+            (Some(token_file), _) => Some(Credential::Bearer { token_file }),
+            (None, Some((user, password_file))) => Some(Credential::Basic {
+                user,
+                password_file,
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
 impl Default for HttpAuth {
     fn default() -> Self {
         Self {
@@ -267,10 +309,7 @@ impl HttpFetcher {
         let client = builder
             .build()
             .map_err(|e| ScrapeError::Connect(e.to_string()))?;
-        let secret = match (&auth.bearer_token_file, &auth.basic) {
-            (Some(path), _) | (None, Some((_, path))) => Some(SecretFile::watch(path)),
-            (None, None) => None,
-        };
+        let secret = auth.credential().map(|c| SecretFile::watch(c.file()));
         Ok(Self {
             client,
             auth,
@@ -298,10 +337,8 @@ impl HttpFetcher {
             let value = secret.get().ok_or_else(|| {
                 ScrapeError::Credentials(format!("{}: unreadable", secret.path().display()))
             })?;
-            request = match &self.auth.basic {
-                Some((user, _)) if self.auth.bearer_token_file.is_none() => {
-                    request.basic_auth(user, Some(&*value))
-                }
+            request = match self.auth.credential() {
+                Some(Credential::Basic { user, .. }) => request.basic_auth(user, Some(&*value)),
                 _ => request.bearer_auth(&*value),
             };
         }
@@ -380,4 +417,32 @@ fn without_url(e: &reqwest::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The token file wins over the password file; the password file's user comes along.
+    #[test]
+    fn the_token_file_else_the_password_file() {
+        let token = PathBuf::from("/run/token");
+        let password = PathBuf::from("/run/password");
+        let mut auth = HttpAuth::default();
+        assert_eq!(auth.credential(), None);
+        auth.basic = Some(("scraper".into(), password.clone()));
+        let basic = auth.credential().expect("basic");
+        assert_eq!(
+            basic,
+            Credential::Basic {
+                user: "scraper",
+                password_file: &password
+            }
+        );
+        assert_eq!(basic.file(), password);
+        auth.bearer_token_file = Some(token.clone());
+        let bearer = auth.credential().expect("bearer");
+        assert_eq!(bearer, Credential::Bearer { token_file: &token });
+        assert_eq!(bearer.file(), token);
+    }
 }

@@ -250,7 +250,7 @@ fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
 /// else when it carries the listener's token or password, or a user of the web config.
 fn allowed(shared: &Shared, req: &Request<Incoming>, web_ok: Option<bool>) -> bool {
     let auth = &shared.endpoint_auth;
-    let listen_configured = auth.bearer_token_file.is_some() || auth.basic.is_some();
+    let listen_configured = auth.credential().is_some();
     match (listen_configured, web_ok) {
         (false, None) => true,
         (false, Some(ok)) => ok,
@@ -263,15 +263,15 @@ fn allowed(shared: &Shared, req: &Request<Incoming>, web_ok: Option<bool>) -> bo
 /// ([`crate::host::secrets`]), so rotation needs no restart and no request reads a file; an
 /// unreadable file refuses everything rather than opening up.
 fn authorised(shared: &Shared, req: &Request<Incoming>) -> bool {
-    let auth = &shared.endpoint_auth;
-    if auth.bearer_token_file.is_none() && auth.basic.is_none() {
+    use crate::ingest::scrape::Credential;
+    let Some(credential) = shared.endpoint_auth.credential() else {
         return true;
-    }
+    };
     let Some(secret) = shared.endpoint_secret.as_ref().and_then(|s| s.get()) else {
         return false;
     };
-    let expected = match (&auth.bearer_token_file, &auth.basic) {
-        (None, Some((user, _))) => {
+    let expected = match credential {
+        Credential::Basic { user, .. } => {
             use base64::Engine as _;
             let pair = format!("{user}:{secret}");
             format!(
@@ -279,7 +279,7 @@ fn authorised(shared: &Shared, req: &Request<Incoming>) -> bool {
                 base64::engine::general_purpose::STANDARD.encode(pair)
             )
         }
-        _ => format!("Bearer {secret}"),
+        Credential::Bearer { .. } => format!("Bearer {secret}"),
     };
     let given = req
         .headers()

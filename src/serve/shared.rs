@@ -78,12 +78,9 @@ impl Shared {
 
     /// The same, requiring these credentials on every endpoint but the probes.
     pub fn with_endpoint_auth(mut self, auth: crate::ingest::scrape::HttpAuth) -> Self {
-        self.endpoint_secret = match (&auth.bearer_token_file, &auth.basic) {
-            (Some(path), _) | (None, Some((_, path))) => {
-                Some(crate::host::secrets::SecretFile::watch(path))
-            }
-            (None, None) => None,
-        };
+        self.endpoint_secret = auth
+            .credential()
+            .map(|c| crate::host::secrets::SecretFile::watch(c.file()));
         self.endpoint_auth = auth;
         self
     }
