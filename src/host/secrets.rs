@@ -1,10 +1,13 @@
-//! Secret files (bearer tokens, passwords) held in memory and refreshed off the runtime.
+//! Secret files (bearer tokens, passwords) held in memory and refreshed off the runtime,
+//! by the one thread that re-reads every file-backed setting.
 //!
 //! A request must not read a file on a runtime worker: a slow or hung filesystem would
 //! stall every connection the worker serves. Each [`SecretFile`] is read once when it is
 //! made, then re-read by one background thread every [`REFRESH`], so a rotated secret
 //! takes effect within that time with no restart. An unreadable file refuses: `get` gives
 //! `None`, and callers treat that as "no credential matches" rather than opening up.
+//! Anything else read from files at run time (the web config) registers with the same
+//! thread through [`refresh_in_background`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
@@ -28,7 +31,7 @@ impl SecretFile {
             path: path.to_path_buf(),
             value: RwLock::new(read(path)),
         });
-        refresher().register(&file);
+        refresh_in_background(&file);
         file
     }
 
@@ -44,7 +47,22 @@ impl SecretFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
+/// Something re-read from files every [`REFRESH`] on the refresher thread.
+pub trait Refresh: Send + Sync {
+    /// Re-reads; called off the runtime, never concurrently with itself.
+    fn refresh(&self);
+}
+
+/// Has the refresher thread call `item.refresh()` every [`REFRESH`] for as long as `item`
+/// lives (it holds only a weak reference).
+pub fn refresh_in_background<T: Refresh + 'static>(item: &Arc<T>) {
+    let item: Arc<dyn Refresh> = Arc::clone(item) as Arc<dyn Refresh>;
+    refresher().register(Arc::downgrade(&item));
+}
+
+impl Refresh for SecretFile {
     fn refresh(&self) {
         let fresh = read(&self.path);
         let mut value = match self.value.write() {
@@ -63,26 +81,26 @@ fn read(path: &Path) -> Option<Arc<str>> {
         .map(|s| Arc::from(s.trim()))
 }
 
-/// The one thread that re-reads every live [`SecretFile`]; it starts with the first and
-/// forgets files that were dropped.
+/// The one thread that re-reads every live [`Refresh`] item; it starts with the first and
+/// forgets items that were dropped.
 struct Refresher {
-    files: Mutex<Vec<Weak<SecretFile>>>,
+    files: Mutex<Vec<Weak<dyn Refresh>>>,
 }
 
 impl Refresher {
-    fn register(&self, file: &Arc<SecretFile>) {
+    fn register(&self, item: Weak<dyn Refresh>) {
         let mut files = match self.files.lock() {
             Ok(f) => f,
             Err(poisoned) => poisoned.into_inner(),
         };
         files.retain(|f| f.strong_count() > 0);
-        files.push(Arc::downgrade(file));
+        files.push(item);
     }
 
     fn run(&self) {
         loop {
             std::thread::sleep(REFRESH);
-            let live: Vec<Arc<SecretFile>> = match self.files.lock() {
+            let live: Vec<Arc<dyn Refresh>> = match self.files.lock() {
                 Ok(f) => f.iter().filter_map(Weak::upgrade).collect(),
                 Err(poisoned) => poisoned
                     .into_inner()
@@ -149,5 +167,32 @@ mod tests {
         std::fs::write(&path, "third").expect("write");
         assert!(until(&file, Some("third")));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Any registered item is re-read by the same thread, and only while it lives.
+    #[test]
+    fn the_one_thread_refreshes_any_registered_item() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        struct Counter(AtomicU32);
+        impl Refresh for Counter {
+            fn refresh(&self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let counter = Arc::new(Counter(AtomicU32::new(0)));
+        refresh_in_background(&counter);
+        let deadline = Instant::now() + REFRESH * 10;
+        while counter.0.load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        assert!(counter.0.load(Ordering::Relaxed) >= 2, "refreshed twice");
+        let weak = Arc::downgrade(&counter);
+        drop(counter);
+        // The thread holds the item only while it refreshes it.
+        let deadline = Instant::now() + REFRESH * 10;
+        while weak.strong_count() > 0 && Instant::now() < deadline {
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        assert_eq!(weak.strong_count(), 0, "the refresher keeps no item alive");
     }
 }

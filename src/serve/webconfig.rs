@@ -21,8 +21,9 @@ use serde::Deserialize;
 use tokio_rustls::rustls;
 use tracing::{info, warn};
 
-/// How often the file and the files it names are re-read.
-pub const RELOAD: Duration = Duration::from_secs(1);
+/// How often the file and the files it names are re-read (by the secrets' refresher
+/// thread, [`crate::host::secrets::refresh_in_background`]).
+pub const RELOAD: Duration = crate::host::secrets::REFRESH;
 /// Verified credentials remembered (cleared when full or when the file changes).
 const CACHE_LIMIT: usize = 256;
 
@@ -279,6 +280,12 @@ impl std::fmt::Debug for WebConfigWatch {
     }
 }
 
+impl crate::host::secrets::Refresh for WebConfigWatch {
+    fn refresh(&self) {
+        self.reload_if_changed();
+    }
+}
+
 impl WebConfigWatch {
     /// Loads `path` (an error refuses to start) and starts re-reading it every [`RELOAD`];
     /// `on_reload` hears whether each reload after a change succeeded.
@@ -293,16 +300,7 @@ impl WebConfigWatch {
             verified: Mutex::new(HashMap::new()),
             hasher: std::collections::hash_map::RandomState::new(),
         });
-        let weak = Arc::downgrade(&watch);
-        let _ = std::thread::Builder::new()
-            .name("flowcast-webconfig".into())
-            .spawn(move || loop {
-                std::thread::sleep(RELOAD);
-                match weak.upgrade() {
-                    Some(w) => w.reload_if_changed(),
-                    None => return,
-                }
-            });
+        crate::host::secrets::refresh_in_background(&watch);
         Ok(watch)
     }
 
