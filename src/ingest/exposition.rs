@@ -488,6 +488,13 @@ fn scan_quoted<'a>(text: &'a str, pos: &mut usize) -> Option<(&'a str, bool)> {
     }
 }
 
+/// Scans a bare label name (`[a-zA-Z_][a-zA-Z0-9_]*`) from `*pos`: the one label-name
+/// scanner of expositions and selectors. `None` (and `*pos` left) when there is none.
+pub(crate) fn scan_label_name<'a>(text: &'a str, pos: &mut usize) -> Option<&'a str> {
+    let bare = scan_bare(text, pos, is_label_name_start, is_label_name_char);
+    (!bare.is_empty()).then_some(bare)
+}
+
 /// Scans `[start][char]*` from `*pos`; returns "" (and leaves `*pos`) when the
 /// first byte does not qualify.
 pub(crate) fn scan_bare<'a>(
@@ -555,11 +562,7 @@ pub(crate) fn next_raw_pair<'a>(text: &'a str, pos: &mut usize) -> Option<RawPai
             let (raw, escaped) = scan_quoted(text, pos)?;
             unescape(raw, escaped)
         } else {
-            let bare = scan_bare(text, pos, is_label_name_start, is_label_name_char);
-            if bare.is_empty() {
-                return None;
-            }
-            Cow::Borrowed(bare)
+            Cow::Borrowed(scan_label_name(text, pos)?)
         };
         while bytes.get(*pos).is_some_and(|&b| is_blank(b)) {
             *pos += 1;
@@ -717,16 +720,10 @@ impl<'a> LineScanner<'a> {
                 let (raw, escaped) = self.quoted()?;
                 unescape(raw, escaped)
             } else {
-                let bare = scan_bare(
-                    self.text,
-                    &mut self.pos,
-                    is_label_name_start,
-                    is_label_name_char,
-                );
-                if bare.is_empty() {
-                    return Err(self.syntax("label name"));
+                match scan_label_name(self.text, &mut self.pos) {
+                    Some(name) => Cow::Borrowed(name),
+                    None => return Err(self.syntax("label name")),
                 }
-                Cow::Borrowed(bare)
             };
             self.skip_blanks();
             match self.peek() {

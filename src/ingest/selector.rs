@@ -11,7 +11,7 @@ use regex::Regex;
 
 use crate::ingest::exposition::{
     is_bare, is_label_name_char, is_label_name_start, is_metric_name_char, is_metric_name_start,
-    next_raw_pair, scan_bare, unescape, Labels,
+    next_raw_pair, scan_bare, scan_label_name, unescape, Labels,
 };
 
 /// A PromQL-style series selector, e.g.
@@ -263,16 +263,10 @@ impl<'s> SelectorParser<'s> {
                 let (label, quoted) = if matches!(self.peek(), Some(b'"' | b'\'' | b'`')) {
                     (self.string()?, true)
                 } else {
-                    let bare = scan_bare(
-                        self.text,
-                        &mut self.pos,
-                        is_label_name_start,
-                        is_label_name_char,
-                    );
-                    if bare.is_empty() {
-                        return Err(self.syntax("label name"));
+                    match scan_label_name(self.text, &mut self.pos) {
+                        Some(name) => (name.to_owned(), false),
+                        None => return Err(self.syntax("label name")),
                     }
-                    (bare.to_owned(), false)
                 };
                 self.skip_space();
                 if quoted && matches!(self.peek(), Some(b',' | b'}')) {
