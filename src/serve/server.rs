@@ -92,8 +92,14 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |req| {
             let shared = Arc::clone(&shared);
             async move {
-                let web_ok = web_credentials(&shared, &req).await;
-                Ok::<_, Infallible>(route(&shared, req, hold, web_ok))
+                // The probes answer without credentials: decided here, once per request.
+                let probe = is_probe(req.uri().path());
+                let web_ok = if probe {
+                    None
+                } else {
+                    web_credentials(&shared, &req).await
+                };
+                Ok::<_, Infallible>(route(&shared, req, hold, probe, web_ok))
             }
         });
         let (watcher, builder) = (graceful.watcher(), builder.clone());
@@ -168,15 +174,17 @@ async fn tls_handshake(
     }
 }
 
-/// The verdict of the web config's basic-auth users on a request: `None` when it has
-/// none (or the path is a probe). A credential not verified before is checked with bcrypt
-/// on a blocking thread, never on the runtime.
+/// Whether `path` is a probe (`/healthz`, `/readyz`): probes need no credentials.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// The verdict of the web config's basic-auth users on a (non-probe) request: `None` when
+/// it has none. A credential not verified before is checked with bcrypt on a blocking
+/// thread, never on the runtime.
 async fn web_credentials(shared: &Arc<Shared>, req: &Request<Incoming>) -> Option<bool> {
     use crate::serve::webconfig::Credentials;
     let web = shared.web.as_ref()?;
-    if matches!(req.uri().path(), "/healthz" | "/readyz") {
-        return None;
-    }
     let header = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -301,11 +309,11 @@ fn route(
     shared: &Shared,
     req: Request<Incoming>,
     hold: Option<Duration>,
+    probe: bool,
     web_ok: Option<bool>,
 ) -> Response<Chunks> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
-    let probe = matches!(path.as_str(), "/healthz" | "/readyz");
     let response = if req.method() != Method::GET && req.method() != Method::HEAD {
         text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n")
     } else if !probe && !allowed(shared, &req, web_ok) {
