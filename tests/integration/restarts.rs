@@ -267,7 +267,7 @@ async fn state_survives_restarts_sigterm_and_a_kill_during_the_write() {
     let _ = std::fs::remove_file(dir.with_extension("log"));
 }
 
-/// Once the model has run, the start-up code's pages leave memory (src/pages.rs), and the
+/// Once the model has run, the start-up code's pages leave memory (src/host/pages.rs), and the
 /// sidecar goes on forecasting with the code it still needs faulted back in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_pages_are_released_after_the_first_forecast_and_ticks_go_on() {
