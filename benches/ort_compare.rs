@@ -108,8 +108,13 @@ fn inputs(series: usize) -> Vec<ModelInput> {
                 (k % 11 != 4).then(|| level * (1.0 + 0.2 * (((k + i) % 7) as f64 - 3.0) / 3.0))
             });
             let origin = 1_700_000_100 + 300 * 37 * i as i64;
-            features::model_input(&steps, origin, features::ZERO_SCALE_FALLBACK)
-                .expect("the bench windows are ready")
+            features::model_input(
+                &steps,
+                origin,
+                features::ZERO_SCALE_FALLBACK,
+                &features::Seasonal::default(),
+            )
+            .expect("the bench windows are ready")
         })
         .collect()
 }
@@ -301,7 +306,8 @@ fn main() -> Result<(), BoxError> {
         let b = batch(&inputs, &seeds, passes, mask_width, rate);
         let sb = study_batch(&inputs, &seeds, passes, rate);
 
-        let (t_mean, t_logvar) = model.run_raw(&b.x, &b.xf, b.series, &b.mask, &b.rows)?;
+        let t = model.run_raw(&b.x, &b.xf, b.series, &b.mask, &b.rows)?;
+        let (t_mean, t_logvar) = (t.mean, t.logvar);
         let (o_mean, o_logvar) = ort_run(&mut session, &b)?;
         check_same_batch_as_predict(&model, &inputs, &seeds, passes, &t_mean);
         let (d_mean, d_logvar) = (

@@ -33,7 +33,8 @@ fn ring(c: &mut Criterion) {
 fn inference(c: &mut Criterion) {
     let model = Arc::new(Model::embedded().expect("model"));
     let steps: [Option<f64>; WINDOW_STEPS] = std::array::from_fn(|i| Some(20.0 + (i % 5) as f64));
-    let input = features::model_input(&steps, 1_700_000_100, 1.0).expect("ready window");
+    let input = features::model_input(&steps, 1_700_000_100, 1.0, &features::Seasonal::default())
+        .expect("ready window");
     let mut g = c.benchmark_group("inference");
     g.sample_size(20);
     for (series, passes) in [(1usize, 10usize), (1, 30), (1, 100), (10, 30), (100, 30)] {

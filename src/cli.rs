@@ -149,8 +149,9 @@ pub struct BacktestArgs {
     /// Monte-Carlo passes per forecast (the sidecar's default).
     #[arg(long, default_value_t = config::DEFAULT_MC_PASSES)]
     pub mc_passes: usize,
-    /// Band: combined (default: the LSTM and the statistical experts), combined-un3, or
-    /// the LSTM alone: calibrated, un3 or un2.
+    /// Band: combined (default: the network and the statistical experts), combined-un3,
+    /// or the network alone: calibrated (its quantile heads), calibrated-gaussian, un3 or
+    /// un2.
     #[arg(long, default_value = "combined")]
     pub band: crate::forecast::band::BandMode,
     /// Experts of the combination, comma-separated (default: all of lstm, persistence,

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The reproducible report of the development set (issues #4 and #15): both cross-validation
 # protocols, the ablation, replica-hours at equal risk against the baselines, and the
-# tables in models/README.md and the card, in one command (about an hour on 2 cores: six
-# fold trainings take ~30 minutes, the backtests ~10, the baselines and the scaling
-# what-ifs ~15).
+# tables in models/README.md and the card, in one command. Each fold training takes 6-9
+# minutes on one core (train.py, 25 epochs at most): 7 for the shipped variant's two
+# protocols and 5 per model variant below; the backtests and baselines take about 30 more.
 #
 # Usage: models/training/evaluate-all.sh [OUT_ROOT]      (default <repo>/target/eval-all)
 #   SKIP_TRAIN=1  reuse OUT_ROOT/<protocol>/models instead of training them again
@@ -23,41 +23,52 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 (cd "$root" && cargo build --release)
 # A copy, so that a rebuild while this runs cannot change the binary under the backtests.
-cp "$root/target/release/flowcast" "$out/flowcast"
+cp "${CARGO_TARGET_DIR:-$root/target}/release/flowcast" "$out/flowcast"
 bin="$out/flowcast"
 folds="$root/models/training/folds.sh"
 eval_dir="$root/../shared/eval"
 
-# name|label|backtest flags. The first is what ships (the defaults).
+# name|label|backtest flags|train.py flags. The first is what ships (the defaults). A
+# variant with train.py flags has fold models of its own (OUT_ROOT/<protocol>/models-<name>),
+# trained for the protocols in MODEL_VARIANT_PROTOCOLS (default: source only; each such
+# variant trains five more models, about 40 minutes).
 variants=(
-  "combined|combined (shipped): LSTM + 7 experts, u3 band|"
-  "no-seasonal|combined without the day- and week-ago experts|--experts lstm,persistence,holt,mean_1h,mean_3h,mean_1d"
-  "no-lstm|combined without the LSTM|--experts persistence,holt,day_ago,week_ago,mean_1h,mean_3h,mean_1d"
-  "combined-un3|combined, the study's u1+u2+u3 width|--band combined-un3"
-  "lstm|LSTM alone, calibrated (the band before #15)|--band calibrated"
-  "un3|LSTM alone, the study's UN3 (u1+u2+u3, z = 1.96)|--band un3"
-  "un2|LSTM alone, the study's UN2 (u1+u2, z = 1.96)|--band un2"
+  "combined|combined (shipped): network + 7 experts, u3 band||"
+  "no-lstm|combined without the network|--experts persistence,holt,day_ago,week_ago,mean_1h,mean_3h,mean_1d|"
+  "no-day-week|combined without the day- and week-ago experts|--experts lstm,persistence,holt,mean_1h,mean_3h,mean_1d|"
+  "combined-un3|combined, the study's u1+u2+u3 width (u1 in the band)|--band combined-un3|"
+  "lstm|network alone, quantile heads + u1, calibrated|--band calibrated|"
+  "lstm-gaussian|network alone, Gaussian head (u1+u2+u3), calibrated|--band calibrated-gaussian|"
+  "un3|network alone, the study's UN3 (u1+u2+u3, z = 1.96)|--band un3|"
+  "un2|network alone, the study's UN2 (u1+u2, z = 1.96)|--band un2|"
+  "no-seasonal-inputs|combined, network trained without the seasonal inputs||--no-seasonal"
 )
 python3 - "$out/variants.json" "${variants[@]}" <<'PY'
 import json, sys
-rows = [dict(zip(("name", "label", "flags"), v.split("|"))) for v in sys.argv[2:]]
+rows = [dict(zip(("name", "label", "flags", "train_flags"), v.split("|"))) for v in sys.argv[2:]]
 json.dump(rows, open(sys.argv[1], "w"), indent=1)
 PY
 
 for protocol in source series; do
   for v in "${variants[@]}"; do
-    IFS='|' read -r name _ flags <<< "$v"
+    IFS='|' read -r name _ flags train_flags <<< "$v"
     skip=${SKIP_TRAIN:-0}
-    [ "$name" = combined ] || skip=1
+    models="$out/$protocol/models"
+    if [ -n "$train_flags" ]; then
+      case " ${MODEL_VARIANT_PROTOCOLS:-source} " in *" $protocol "*) ;; *) continue ;; esac
+      models="$out/$protocol/models-$name"
+    elif [ "$name" != combined ]; then
+      skip=1
+    fi
     # shellcheck disable=SC2086
-    PROTOCOL=$protocol SKIP_TRAIN=$skip FOLD_MODELS="$out/$protocol/models" FLOWCAST_BIN=$bin \
+    PROTOCOL=$protocol SKIP_TRAIN=$skip FOLD_MODELS="$models" FLOWCAST_BIN=$bin TRAIN_FLAGS="$train_flags" \
       "$folds" "$out/$protocol/$name" $flags
   done
 done
 
 # Baselines a, c, d on every scored series (cached: they need no training).
 mkdir -p "$out/baselines"
-for csv in "$root"/../shared/data/traffic/*.csv "$root"/../shared/data/extra/clarknet_http_1min.csv; do
+for csv in "$root"/../shared/data/traffic/*.csv "$root"/../shared/data/extra/*.csv; do
   stem=$(basename "$csv" .csv)
   [ -f "$out/baselines/${stem}__holt_prom.csv" ] && continue
   echo "baselines a, c, d: $stem"

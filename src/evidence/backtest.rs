@@ -158,10 +158,11 @@ fn push_rows(report: &TickReport, rows: &mut Vec<Row>) {
     let forecast = series.and_then(|s| s.forecast.as_ref());
     let weights = series.and_then(|s| s.weights);
     for (h, horizon) in HORIZON_SECONDS.iter().enumerate() {
-        let (mean, lower, upper) = forecast.map_or((f64::NAN, f64::NAN, f64::NAN), |f| {
-            let i = f.horizons[h];
-            (i.mean, i.lower, i.upper)
-        });
+        let (mean, lower, upper, u1) =
+            forecast.map_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN), |f| {
+                let i = f.horizons[h];
+                (i.mean, i.lower, i.upper, i.components[0])
+            });
         rows.push(Row {
             origin: report.origin,
             horizon: *horizon,
@@ -169,6 +170,7 @@ fn push_rows(report: &TickReport, rows: &mut Vec<Row>) {
             lower,
             upper,
             weights: std::array::from_fn(|i| weights.map_or(f64::NAN, |w| w[i][h])),
+            u1,
         });
     }
 }

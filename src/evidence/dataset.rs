@@ -265,6 +265,9 @@ pub struct Row {
     /// Each expert's weight in the combination at this horizon ([`EXPERTS`] order); NaN
     /// when the band is the LSTM's alone or the series was not ready.
     pub weights: [f64; EXPERT_COUNT],
+    /// The network's Monte-Carlo spread u1 at this horizon (req/s at its mean); NaN when
+    /// not known (a baseline, or a series not ready).
+    pub u1: f64,
 }
 
 /// The rows exactly as [`write_rows`] writes them (six decimals), so that what is computed
@@ -300,7 +303,7 @@ pub fn write_rows(path: &Path, rows: &[Row]) -> Result<(), DataError> {
     for name in EXPERTS {
         let _ = write!(out, ",w_{name}");
     }
-    out.push('\n');
+    out.push_str(",u1\n");
     for r in rows {
         if r.mean.is_finite() {
             let _ = write!(
@@ -317,6 +320,11 @@ pub fn write_rows(path: &Path, rows: &[Row]) -> Result<(), DataError> {
             } else {
                 out.push(',');
             }
+        }
+        if r.u1.is_finite() {
+            let _ = write!(out, ",{:.6}", r.u1);
+        } else {
+            out.push(',');
         }
         out.push('\n');
     }

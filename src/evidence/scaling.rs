@@ -659,6 +659,7 @@ mod tests {
                 lower: f64::NAN,
                 upper: v[(i + 1).min(39)],
                 weights: crate::evidence::dataset::NO_WEIGHTS,
+                u1: f64::NAN,
             })
             .collect();
         let p = r.predictive(&uppers(&w, &rows, 600), 0.0);
@@ -715,6 +716,7 @@ mod tests {
                     lower: f64::NAN,
                     upper: 0.7 * v[(i + (h / 300) as usize - 1).min(399)],
                     weights: crate::evidence::dataset::NO_WEIGHTS,
+                    u1: f64::NAN,
                 })
             })
             .collect();

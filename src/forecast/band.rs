@@ -35,6 +35,16 @@ const ROLLING_WEIGHT: f64 = 1.0 / 288.0;
 /// How many past forecast origins are kept for scoring: 15 minutes of 1-minute ticks.
 const PENDING: usize = 16;
 
+/// The levels of the model's quantile output (the card's `quantile_levels`).
+pub const QUANTILE_LEVELS: [f64; 5] = [0.025, 0.1, 0.5, 0.9, 0.975];
+/// How many quantiles the model gives per horizon.
+pub const QUANTILE_COUNT: usize = QUANTILE_LEVELS.len();
+const Q_MEDIAN: usize = 2;
+const Q_LOW: usize = 0;
+const Q_HIGH: usize = QUANTILE_COUNT - 1;
+/// z of the outer quantiles (0.025 and 0.975) under a normal distribution.
+const Z_OUTER: f64 = 1.96;
+
 /// The model card's calibration prior, per horizon: where every series' calibration
 /// starts (the card is read in [`crate::forecast::model`]; the band is what uses it).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -45,6 +55,13 @@ pub struct CalibrationPrior {
     pub k_upper: Vec<f64>,
     /// Multiplier of σ for the lower bound, by horizon.
     pub k_lower: Vec<f64>,
+    /// The quantile band's multipliers (upper side), by horizon: σ per side is
+    /// ((q0.975 − q0.5) / 1.96) ⊕ u1.
+    #[serde(default)]
+    pub quantile_k_upper: Vec<f64>,
+    /// The same for the lower side, with q0.025.
+    #[serde(default)]
+    pub quantile_k_lower: Vec<f64>,
 }
 
 /// Raw outputs of all Monte-Carlo passes for one series, in z-space: what the model hands
@@ -57,6 +74,9 @@ pub struct PassOutputs {
     pub u1_sq: [f64; HORIZON_STEPS],
     /// Heteroscedastic variance u2²: mean predicted variance over the passes, per horizon.
     pub u2_sq: [f64; HORIZON_STEPS],
+    /// The deterministic pass's quantiles ([`QUANTILE_LEVELS`]) per horizon, when the
+    /// band is the network's own.
+    pub quantiles: Option<[[f64; QUANTILE_COUNT]; HORIZON_STEPS]>,
 }
 
 /// How the band is made: the shipped combination, or the study's model alone (the
@@ -68,9 +88,13 @@ pub enum BandMode {
     Un2,
     /// The LSTM alone: u1 + u2 + u3 with z = 1.96 ("UN3").
     Un3,
-    /// The LSTM alone: u1 + u2 + u3 with adaptive per-side multipliers (the band until
-    /// issue #15).
+    /// The network alone: its quantile heads (q0.025, q0.5, q0.975) widened by u1, with
+    /// adaptive per-side multipliers (issue #21).
     Calibrated,
+    /// The network alone with its Gaussian head: u1 + u2 + u3 with adaptive per-side
+    /// multipliers (the band until issue #15, and the ablation of the quantile heads).
+    #[serde(rename = "calibrated-gaussian")]
+    CalibratedGaussian,
     /// Centred on the online combination of the LSTM and the statistical experts
     /// ([`crate::forecast::combine`]), in the combination's log space: u3 (learnt per hour from the
     /// combination's own errors) with adaptive per-side multipliers (shipped default).
@@ -94,6 +118,7 @@ impl BandMode {
             Self::Un2 => "un2",
             Self::Un3 => "un3",
             Self::Calibrated => "calibrated",
+            Self::CalibratedGaussian => "calibrated-gaussian",
             Self::Combined => "combined",
             Self::CombinedUn3 => "combined-un3",
         }
@@ -102,7 +127,9 @@ impl BandMode {
 
 /// A band mode name that is not `un2`, `un3` or `calibrated`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown band mode {0:?} (expected combined, combined-un3, calibrated, un3 or un2)")]
+#[error(
+    "unknown band mode {0:?} (expected combined, combined-un3, calibrated, calibrated-gaussian, un3 or un2)"
+)]
 pub struct UnknownBandMode(pub String);
 
 impl std::str::FromStr for BandMode {
@@ -112,6 +139,7 @@ impl std::str::FromStr for BandMode {
             "un2" => Ok(Self::Un2),
             "un3" => Ok(Self::Un3),
             "calibrated" => Ok(Self::Calibrated),
+            "calibrated-gaussian" => Ok(Self::CalibratedGaussian),
             "combined" => Ok(Self::Combined),
             "combined-un3" => Ok(Self::CombinedUn3),
             other => Err(UnknownBandMode(other.to_string())),
@@ -151,7 +179,8 @@ struct Pending {
     origin: i64,
     scale: f64,
     mean_z: [f32; HORIZON_STEPS],
-    sigma_z: [f32; HORIZON_STEPS],
+    /// σ below and above the centre (equal but for the quantile band).
+    sigma_z: [(f32, f32); HORIZON_STEPS],
     bounds: [(f32, f32); HORIZON_STEPS],
     mean: [f32; HORIZON_STEPS],
 }
@@ -216,8 +245,16 @@ impl Calibrator {
             global_weight: [PRIOR_WEIGHT; HORIZON_STEPS],
             u3_sum: [[0.0; 24]; HORIZON_STEPS],
             u3_weight: [[0.0; 24]; HORIZON_STEPS],
-            k_upper: pick(&prior.k_upper),
-            k_lower: pick(&prior.k_lower),
+            k_upper: pick(if mode == BandMode::Calibrated {
+                &prior.quantile_k_upper
+            } else {
+                &prior.k_upper
+            }),
+            k_lower: pick(if mode == BandMode::Calibrated {
+                &prior.quantile_k_lower
+            } else {
+                &prior.k_lower
+            }),
             pending: [None; PENDING],
             rolling: [Rolling::default(); HORIZON_STEPS],
             last_judged: i64::MIN,
@@ -239,41 +276,60 @@ impl Calibrator {
             origin,
             scale,
             mean_z: out.mean.map(|z| z as f32),
-            sigma_z: [0.0; HORIZON_STEPS],
+            sigma_z: [(0.0, 0.0); HORIZON_STEPS],
             bounds: [(0.0, 0.0); HORIZON_STEPS],
             mean: [0.0; HORIZON_STEPS],
         };
+        let quantiles = out.quantiles.filter(|_| self.mode == BandMode::Calibrated);
         let horizons = std::array::from_fn(|h| {
             let target_start = origin + STEP_SECONDS * h as i64;
             let u3_sq = match self.mode {
                 BandMode::Un2 => 0.0,
+                BandMode::Calibrated if quantiles.is_some() => 0.0,
                 BandMode::Un3
                 | BandMode::Calibrated
+                | BandMode::CalibratedGaussian
                 | BandMode::Combined
                 | BandMode::CombinedUn3 => self.u3_sq(h, target_start),
             };
-            let var = out.u1_sq[h] + out.u2_sq[h] + u3_sq;
-            let sigma = var.sqrt();
-            let (k_lo, k_hi) = match self.mode {
-                BandMode::Calibrated | BandMode::Combined | BandMode::CombinedUn3 => {
-                    (self.k_lower[h], self.k_upper[h])
+            // The centre and σ below and above it: the quantile band is centred on the
+            // median, its sides from the outer quantiles, each widened by u1.
+            let (mu, sigma_lo, sigma_hi) = match quantiles {
+                Some(q) => {
+                    let q = q[h];
+                    let side = |d: f64| ((d / Z_OUTER).powi(2) + out.u1_sq[h]).sqrt();
+                    (
+                        q[Q_MEDIAN],
+                        side(q[Q_MEDIAN] - q[Q_LOW]),
+                        side(q[Q_HIGH] - q[Q_MEDIAN]),
+                    )
                 }
+                None => {
+                    let sigma = (out.u1_sq[h] + out.u2_sq[h] + u3_sq).sqrt();
+                    (out.mean[h], sigma, sigma)
+                }
+            };
+            let (k_lo, k_hi) = match self.mode {
+                BandMode::Calibrated
+                | BandMode::CalibratedGaussian
+                | BandMode::Combined
+                | BandMode::CombinedUn3 => (self.k_lower[h], self.k_upper[h]),
                 BandMode::Un2 | BandMode::Un3 => (1.96, 1.96),
             };
-            let mu = out.mean[h];
+            pending.mean_z[h] = mu as f32;
             let mean = features::from_z(mu, scale);
-            let lower = features::from_z(mu - k_lo * sigma, scale).min(mean);
-            let upper = features::from_z(mu + k_hi * sigma, scale).max(mean);
+            let lower = features::from_z(mu - k_lo * sigma_lo, scale).min(mean);
+            let upper = features::from_z(mu + k_hi * sigma_hi, scale).max(mean);
             let per_z = features::value_per_z(mu, scale);
             let k_mid = 0.5 * (k_lo + k_hi) / 1.96;
-            pending.sigma_z[h] = sigma as f32;
+            pending.sigma_z[h] = (sigma_lo as f32, sigma_hi as f32);
             pending.bounds[h] = (lower as f32, upper as f32);
             pending.mean[h] = mean as f32;
             Interval {
                 mean,
                 lower,
                 upper,
-                stddev: per_z * sigma * k_mid,
+                stddev: per_z * 0.5 * (sigma_lo + sigma_hi) * k_mid,
                 components: [
                     out.u1_sq[h].sqrt() * per_z,
                     out.u2_sq[h].sqrt() * per_z,
@@ -306,7 +362,8 @@ impl Calibrator {
             // As the scorer: a relative tolerance of 1e-6, above f32's rounding.
             let inside = lower * (1.0 - 1e-6) <= observed && observed <= upper * (1.0 + 1e-6);
             let error = features::to_z(observed, p.scale) - f64::from(p.mean_z[h]);
-            let sigma = f64::from(p.sigma_z[h]);
+            let (lo, hi) = p.sigma_z[h];
+            let sigma = f64::from(if error < 0.0 { lo } else { hi });
             let r = if sigma > 0.0 { error / sigma } else { 0.0 };
             if h == 0 {
                 judgement = Some(Judgement {
@@ -412,7 +469,11 @@ impl Calibrator {
                 .mean
                 .iter()
                 .chain(p.bounds.iter().flat_map(|(a, b)| [a, b]));
-            let z_finite = p.mean_z.iter().chain(&p.sigma_z).all(|v| v.is_finite());
+            let z_finite = p
+                .mean_z
+                .iter()
+                .chain(p.sigma_z.iter().flat_map(|(a, b)| [a, b]))
+                .all(|v| v.is_finite());
             if !(p.scale.is_finite() && p.scale > 0.0 && z_finite) || req_s.any(|v| v.is_nan()) {
                 return Err("pending forecast out of range");
             }
@@ -430,6 +491,8 @@ mod tests {
             u3_sq_by_hour: vec![vec![0.01; 24]; 3],
             k_upper: vec![1.96; 3],
             k_lower: vec![1.96; 3],
+            quantile_k_upper: vec![1.0; 3],
+            quantile_k_lower: vec![1.0; 3],
         }
     }
 
@@ -438,6 +501,7 @@ mod tests {
             mean: [mean; 3],
             u1_sq: [var / 2.0; 3],
             u2_sq: [var / 2.0; 3],
+            quantiles: None,
         }
     }
 

@@ -18,7 +18,7 @@
 use half::bf16;
 use serde::{Deserialize, Serialize};
 
-use crate::forecast::features::HORIZON_STEPS;
+use crate::forecast::features::{Seasonal, HORIZON_STEPS};
 use crate::forecast::history::STEP_SECONDS;
 
 /// The experts, by the name their gauges carry, in index order.
@@ -386,6 +386,24 @@ impl Combiner {
             s
         } else {
             window_scale
+        }
+    }
+
+    /// The network's seasonal context at `origin` (features.rs): the grid windows a day
+    /// and a week before each target and before the last window, and the last day's mean.
+    pub fn seasonal(&self, origin: i64) -> Seasonal {
+        let first_target = origin.div_euclid(STEP_SECONDS);
+        let base = first_target - 1;
+        Seasonal {
+            day_target: std::array::from_fn(|h| {
+                self.history.get(first_target + h as i64 - DAY_WINDOWS)
+            }),
+            day_base: self.history.get(base - DAY_WINDOWS),
+            week_target: std::array::from_fn(|h| {
+                self.history.get(first_target + h as i64 - WEEK_WINDOWS)
+            }),
+            week_base: self.history.get(base - WEEK_WINDOWS),
+            day_mean: self.history.mean(base, DAY_WINDOWS),
         }
     }
 

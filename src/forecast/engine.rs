@@ -175,6 +175,7 @@ impl Learnt {
             mean: c.centre,
             u1_sq: std::array::from_fn(|h| mapped(out.u1_sq[h], h)),
             u2_sq: std::array::from_fn(|h| mapped(out.u2_sq[h], h)),
+            quantiles: None,
         };
         let mut forecast = self.calibrator.forecast(origin, c.scale, &centred);
         for (h, interval) in forecast.horizons.iter_mut().enumerate() {
@@ -340,7 +341,8 @@ impl Engine {
             .map(|(index, (series, learnt))| {
                 let mut steps = [None; WINDOW_STEPS];
                 series.ring.step_values(origin, &mut steps);
-                let input = features::model_input(&steps, origin, learnt.zero_scale);
+                let seasonal = learnt.combiner.seasonal(origin);
+                let input = features::model_input(&steps, origin, learnt.zero_scale, &seasonal);
                 if let Ok(i) = &input {
                     learnt.zero_scale = i.scale;
                 }

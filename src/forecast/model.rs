@@ -21,10 +21,16 @@ use serde::Deserialize;
 use tract_onnx::prelude::*;
 
 use crate::forecast::band::{CalibrationPrior, PassOutputs};
+use crate::forecast::band::{QUANTILE_COUNT, QUANTILE_LEVELS};
 use crate::forecast::features::{
-    ModelInput, DECODER_FEATURES, ENCODER_FEATURES, HORIZON_STEPS, MIN_PRESENT_STEPS, RECENT_STEPS,
-    WINDOW_STEPS, ZERO_SCALE_FALLBACK,
+    ModelInput, Seasonal, DECODER_FEATURES, DECODER_FEATURE_NAMES, ENCODER_FEATURES,
+    ENCODER_FEATURE_NAMES, HORIZON_STEPS, MIN_PRESENT_STEPS, RECENT_STEPS, WINDOW_STEPS,
+    ZERO_SCALE_FALLBACK,
 };
+
+/// The card format this build reads: version 2 (issue #21) added the seasonal decoder
+/// inputs, the recent-level normalisation and the quantile output.
+pub const CARD_FORMAT_VERSION: u32 = 2;
 
 /// The ONNX model shipped inside the binary.
 pub const EMBEDDED_MODEL: &[u8] = include_bytes!("../../models/flowcast.onnx");
@@ -91,8 +97,17 @@ impl ModelError {
 /// documentation and are not read.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelCard {
-    /// Card format; this build reads version 1.
+    /// Card format; this build reads [`CARD_FORMAT_VERSION`].
     pub format_version: u32,
+    /// Encoder feature names, in order.
+    #[serde(default)]
+    pub encoder_features: Vec<String>,
+    /// Decoder feature names, in order.
+    #[serde(default)]
+    pub decoder_features: Vec<String>,
+    /// The levels of the `quantiles` output.
+    #[serde(default)]
+    pub quantile_levels: Vec<f64>,
     /// Input names and shapes (`null` = batch dimension).
     pub inputs: std::collections::BTreeMap<String, Vec<Option<usize>>>,
     /// Output names and shapes.
@@ -271,6 +286,7 @@ impl Model {
             &[Some(1.0); WINDOW_STEPS],
             0,
             ZERO_SCALE_FALLBACK,
+            &Seasonal::default(),
         )
         .map_err(|e| ModelError::Load(format!("probe window not ready: {e:?}")))?;
         // Two series, so the batched gathers run too. It also checks that the model can be
@@ -317,9 +333,9 @@ impl Model {
             .chunks(series_per_call)
             .zip(seeds.chunks(series_per_call))
         {
-            let (mean, logvar) = self.run_rows(chunk, chunk_seeds, rows_per_series)?;
+            let raw = self.run_rows(chunk, chunk_seeds, rows_per_series)?;
             for i in 0..chunk.len() {
-                out.push(reduce(&mean, &logvar, i * rows_per_series, passes)?);
+                out.push(reduce(&raw, i * rows_per_series, passes)?);
             }
         }
         Ok(out)
@@ -327,7 +343,8 @@ impl Model {
 
     /// Runs the raw network on explicit inputs: `x` and `xf` for `series` series, then one
     /// mask per entry of `rows` (the series index of each pass). Returns `mean` and
-    /// `logvar`, `rows.len()` × 3 each. Used by the golden tests and the benchmarks.
+    /// `logvar`, `rows.len()` × 3 each, and `quantiles`, `rows.len()` × 3 × 5. Used by the
+    /// golden tests and the benchmarks.
     pub fn run_raw(
         &self,
         x: &[f32],
@@ -335,7 +352,7 @@ impl Model {
         series: usize,
         mask: &[f32],
         rows: &[i64],
-    ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+    ) -> Result<RawOutputs, ModelError> {
         if let Some(bad) = rows.iter().find(|r| !(0..series as i64).contains(r)) {
             return Err(ModelError::Input(format!(
                 "row names series {bad} of {series}"
@@ -354,7 +371,7 @@ impl Model {
         series: usize,
         mask: &[f32],
         rows: &[i64],
-    ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+    ) -> Result<RawOutputs, ModelError> {
         let tensor = |shape: &[usize], data: &[f32]| {
             Tensor::from_shape(shape, data).map_err(|e| ModelError::Input(format!("{e:#}")))
         };
@@ -367,14 +384,14 @@ impl Model {
         let result = plan
             .run(tvec!(x.into(), xf.into(), mask.into(), rows.into()))
             .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        let take = |i: usize| -> Result<Vec<f32>, ModelError> {
+        let take = |i: usize, per_row: usize| -> Result<Vec<f32>, ModelError> {
             let t = result
                 .get(i)
                 .ok_or_else(|| ModelError::Output(format!("missing output {i}")))?;
             let v = t
                 .to_plain_array_view::<f32>()
                 .map_err(|e| ModelError::Output(format!("{e:#}")))?;
-            if v.len() != batch * HORIZON_STEPS {
+            if v.len() != batch * per_row {
                 return Err(ModelError::Output(format!(
                     "output {i} has {} values",
                     v.len()
@@ -382,7 +399,11 @@ impl Model {
             }
             Ok(v.iter().copied().collect())
         };
-        Ok((take(0)?, take(1)?))
+        Ok(RawOutputs {
+            mean: take(0, HORIZON_STEPS)?,
+            logvar: take(1, HORIZON_STEPS)?,
+            quantiles: take(2, HORIZON_STEPS * QUANTILE_COUNT)?,
+        })
     }
 
     /// The plan for `series` series and `rows` pass rows: bound to that shape and optimised
@@ -436,7 +457,7 @@ impl Model {
         inputs: &[I],
         seeds: &[u64],
         rows_per_series: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+    ) -> Result<RawOutputs, ModelError> {
         let batch = inputs.len() * rows_per_series;
         let mut x = Vec::with_capacity(inputs.len() * WINDOW_STEPS * ENCODER_FEATURES);
         let mut xf = Vec::with_capacity(inputs.len() * HORIZON_STEPS * DECODER_FEATURES);
@@ -467,18 +488,32 @@ impl Model {
     }
 }
 
-/// Reduces the rows of one series (deterministic row first, then the MC passes).
-fn reduce(
-    mean: &[f32],
-    logvar: &[f32],
-    first_row: usize,
-    passes: usize,
-) -> Result<PassOutputs, ModelError> {
+/// The raw outputs of one run, row-major: `mean` and `logvar` rows × 3, `quantiles`
+/// rows × 3 × 5 (z-space).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawOutputs {
+    /// Mean per row and horizon.
+    pub mean: Vec<f32>,
+    /// Log variance per row and horizon.
+    pub logvar: Vec<f32>,
+    /// Quantiles per row, horizon and level.
+    pub quantiles: Vec<f32>,
+}
+
+/// Reduces the rows of one series (deterministic row first, then the MC passes). The
+/// quantiles are the deterministic row's; u1 is the spread of the passes' means.
+fn reduce(raw: &RawOutputs, first_row: usize, passes: usize) -> Result<PassOutputs, ModelError> {
+    let (mean, logvar) = (&raw.mean[..], &raw.logvar[..]);
     let at = |v: &[f32], row: usize, h: usize| f64::from(v[(first_row + row) * HORIZON_STEPS + h]);
     let mut out = PassOutputs {
         mean: [0.0; HORIZON_STEPS],
         u1_sq: [0.0; HORIZON_STEPS],
         u2_sq: [0.0; HORIZON_STEPS],
+        quantiles: Some(std::array::from_fn(|h| {
+            std::array::from_fn(|q| {
+                f64::from(raw.quantiles[(first_row * HORIZON_STEPS + h) * QUANTILE_COUNT + q])
+            })
+        })),
     };
     for h in 0..HORIZON_STEPS {
         out.mean[h] = at(mean, 0, h);
@@ -502,6 +537,7 @@ fn reduce(
         .iter()
         .chain(&out.u1_sq)
         .chain(&out.u2_sq)
+        .chain(out.quantiles.iter().flatten().flatten())
         .all(|v| v.is_finite());
     if finite {
         Ok(out)
@@ -518,7 +554,23 @@ fn check_contract(card: &ModelCard) -> Result<(), ModelError> {
             Err(ModelError::Contract(what.to_string()))
         }
     };
-    want(card.format_version == 1, "format_version must be 1")?;
+    want(
+        card.format_version == CARD_FORMAT_VERSION,
+        "format_version must be 2 (a version-1 model predates the seasonal inputs and \
+         quantile heads of issue #21: train one with models/training/train.py)",
+    )?;
+    want(
+        card.encoder_features == ENCODER_FEATURE_NAMES,
+        &format!("encoder_features must be {ENCODER_FEATURE_NAMES:?}"),
+    )?;
+    want(
+        card.decoder_features == DECODER_FEATURE_NAMES,
+        &format!("decoder_features must be {DECODER_FEATURE_NAMES:?}"),
+    )?;
+    want(
+        card.quantile_levels == QUANTILE_LEVELS,
+        &format!("quantile_levels must be {QUANTILE_LEVELS:?}"),
+    )?;
     want(
         card.step_seconds == crate::forecast::history::STEP_SECONDS,
         "step_seconds must be 300",
@@ -529,8 +581,8 @@ fn check_contract(card: &ModelCard) -> Result<(), ModelError> {
         "horizon_steps must be 3",
     )?;
     want(
-        card.normalisation.kind == "log1p_over_window_mean",
-        "normalisation.kind must be log1p_over_window_mean",
+        card.normalisation.kind == "log1p_over_recent_level",
+        "normalisation.kind must be log1p_over_recent_level",
     )?;
     want(
         card.normalisation.zero_scale_fallback == ZERO_SCALE_FALLBACK,
@@ -569,6 +621,15 @@ fn check_contract(card: &ModelCard) -> Result<(), ModelError> {
                 .all(|v| v.is_finite() && *v > 0.0),
         "calibration_prior.k_upper and k_lower must be 3 positive numbers each",
     )?;
+    want(
+        p.quantile_k_upper.len() == HORIZON_STEPS
+            && p.quantile_k_lower.len() == HORIZON_STEPS
+            && p.quantile_k_upper
+                .iter()
+                .chain(&p.quantile_k_lower)
+                .all(|v| v.is_finite() && *v > 0.0),
+        "calibration_prior.quantile_k_upper and quantile_k_lower must be 3 positive numbers each",
+    )?;
     let expect_inputs = [
         ("x", vec![None, Some(WINDOW_STEPS), Some(ENCODER_FEATURES)]),
         (
@@ -591,17 +652,22 @@ fn check_contract(card: &ModelCard) -> Result<(), ModelError> {
             &format!("outputs.{name} must be {shape:?}"),
         )?;
     }
+    let shape = vec![None, Some(HORIZON_STEPS), Some(QUANTILE_COUNT)];
+    want(
+        card.outputs.get("quantiles") == Some(&shape),
+        &format!("outputs.quantiles must be {shape:?}"),
+    )?;
     Ok(())
 }
 
-/// Checks the ONNX graph's inputs (x, xf, mask, rows) and outputs (mean, logvar) against
-/// the card.
+/// Checks the ONNX graph's inputs (x, xf, mask, rows) and outputs (mean, logvar,
+/// quantiles) against the card.
 fn check_io(model: &TypedModel, card: &ModelCard) -> Result<(), ModelError> {
     let err = |m: String| ModelError::Shape(m);
     let inputs = model.input_outlets().map_err(|e| err(format!("{e:#}")))?;
     let outputs = model.output_outlets().map_err(|e| err(format!("{e:#}")))?;
     let in_names = ["x", "xf", "mask", "rows"];
-    let out_names = ["mean", "logvar"];
+    let out_names = ["mean", "logvar", "quantiles"];
     if inputs.len() != in_names.len() {
         return Err(err(format!(
             "expected 4 inputs (x, xf, mask, rows), found {}",
@@ -610,7 +676,7 @@ fn check_io(model: &TypedModel, card: &ModelCard) -> Result<(), ModelError> {
     }
     if outputs.len() != out_names.len() {
         return Err(err(format!(
-            "expected 2 outputs (mean, logvar), found {}",
+            "expected 3 outputs (mean, logvar, quantiles), found {}",
             outputs.len()
         )));
     }
@@ -673,6 +739,7 @@ mod tests {
         mask: serde_json::Value,
         mean: serde_json::Value,
         logvar: serde_json::Value,
+        quantiles: serde_json::Value,
     }
 
     fn flat(v: &serde_json::Value, out: &mut Vec<f32>) {
@@ -704,7 +771,11 @@ mod tests {
         let cases = &golden.model_cases;
         assert!(cases.len() >= 2);
         for (i, case) in cases.iter().enumerate() {
-            let (mean, logvar) = model
+            let RawOutputs {
+                mean,
+                logvar,
+                quantiles,
+            } = model
                 .run_raw(
                     &flattened(&case.x),
                     &flattened(&case.xf),
@@ -714,6 +785,18 @@ mod tests {
                 )
                 .expect("runs");
             close(&mean, &flattened(&case.mean), &format!("case {i} mean"));
+            close(
+                &quantiles,
+                &flattened(&case.quantiles),
+                &format!("case {i} quantiles"),
+            );
+            assert!(
+                quantiles
+                    .windows(2)
+                    .enumerate()
+                    .all(|(k, w)| (k + 1) % QUANTILE_COUNT == 0 || w[0] <= w[1]),
+                "case {i}: quantiles are monotone"
+            );
             close(
                 &logvar,
                 &flattened(&case.logvar),
@@ -732,7 +815,7 @@ mod tests {
         let pick =
             |v: &[Vec<f32>]| -> Vec<f32> { order.iter().flat_map(|&i| v[i].clone()).collect() };
         let rows: Vec<i64> = order.iter().map(|&i| i as i64).collect();
-        let (mean, logvar) = model
+        let RawOutputs { mean, logvar, .. } = model
             .run_raw(
                 &xs.concat(),
                 &xfs.concat(),
@@ -865,7 +948,7 @@ mod tests {
                 .run_on(&symbolic_plan, &x, &xf, series, &mask, &rows)
                 .expect("runs");
             assert_eq!(bound, symbolic, "{series} series × {passes} passes");
-            assert!(bound.0.iter().all(|v| v.is_finite()));
+            assert!(bound.mean.iter().all(|v| v.is_finite()));
             assert!(model.bound_plans().len() <= BOUND_PLANS);
         }
         let kept: Vec<(usize, usize)> = model
@@ -885,9 +968,13 @@ mod tests {
         let model = Model::embedded().expect("loads");
         let steps: [Option<f64>; WINDOW_STEPS] =
             std::array::from_fn(|k| Some(10.0 + (k % 5) as f64));
-        let input =
-            crate::forecast::features::model_input(&steps, 86_400 * 30, ZERO_SCALE_FALLBACK)
-                .expect("ready");
+        let input = crate::forecast::features::model_input(
+            &steps,
+            86_400 * 30,
+            ZERO_SCALE_FALLBACK,
+            &Seasonal::default(),
+        )
+        .expect("ready");
         let a = model
             .predict(std::slice::from_ref(&input), &[7], 30)
             .expect("runs");

@@ -32,7 +32,11 @@ use crate::forecast::combine::Combiner;
 pub const FILE_NAME: &str = "flowcast.state";
 /// The file format version written by this build. Version 1 (before the combination) is
 /// still read, and migrated: its minute history is kept, the combination starts afresh.
-pub const VERSION: u32 = 2;
+/// Version 2 (before issue #21's model, whose band keeps a σ per side) is refused with
+/// the reason `version`: it was learnt by the version-1 model contract, so none of its
+/// calibration applies to this build's model, and the sidecar starts empty (or from
+/// backfill) instead.
+pub const VERSION: u32 = 3;
 const MAGIC: &[u8; 8] = b"FLOWCAST";
 const HEADER_LEN: usize = 8 + 4 + 4 + 8;
 /// Largest payload read back: far above 10,000 series (about 2 KiB each), far below
@@ -165,7 +169,10 @@ pub enum StateError {
         reason: String,
     },
     /// Written by another format version.
-    #[error("{path}: snapshot format version {found}, this build reads 1 and {VERSION}")]
+    #[error(
+        "{path}: snapshot format version {found}, this build reads 1 and {VERSION} \
+         (version 2 was learnt by the model before issue #21 and is not carried over)"
+    )]
     Version {
         /// The file.
         path: PathBuf,
@@ -424,6 +431,13 @@ mod tests {
             read(&dir, s.model, &s.config).expect_err("v9").reason(),
             "version"
         );
+        // Version 2, the format before issue #21's model: refused with its reason, even
+        // with a payload that decodes.
+        let payload = &good[HEADER_LEN..];
+        fs::write(&path, frame_version(payload, 2)).expect("write");
+        let e = read(&dir, s.model, &s.config).expect_err("v2");
+        assert_eq!(e.reason(), "version", "{e}");
+        assert!(e.to_string().contains("issue #21"), "{e}");
 
         let mut flipped = good.clone();
         let last = flipped.len() - 1;
@@ -512,12 +526,12 @@ mod tests {
         assert!(same(&back, &expected));
         // The current version is not mistaken for the old one, nor is anything else.
         assert_eq!(
-            decode(&encode(&now), Path::new("v2"))
-                .expect("v2")
+            decode(&encode(&now), Path::new("v3"))
+                .expect("v3")
                 .migrated_from,
             None
         );
-        let e = decode(&frame_version(b"x", 3), Path::new("v3")).expect_err("v3");
+        let e = decode(&frame_version(b"x", 4), Path::new("v4")).expect_err("v4");
         assert_eq!(e.reason(), "version");
     }
 

@@ -64,6 +64,9 @@ fn read_rows(path: &Path) -> Vec<Row> {
                 lower: cell(c[3]),
                 upper: cell(c[4]),
                 weights: std::array::from_fn(|i| c.get(5 + i).map_or(f64::NAN, |s| cell(s))),
+                u1: c
+                    .get(5 + flowcast::forecast::combine::EXPERT_COUNT)
+                    .map_or(f64::NAN, |s| cell(s)),
             }
         })
         .collect()

@@ -248,9 +248,13 @@ async fn sidecar_serves_ordered_bands_and_hides_unready_series() {
         .expect("no panic");
 }
 
-/// Multiplying the history by 1000 multiplies mean and bounds by 1000 (within 1 %).
+/// Multiplying the history by 1000 multiplies mean and bounds by about 1000. Not exactly:
+/// since issue #21 the network reads the log of the level (`log_scale`), because counts at
+/// a low level are noisier, so the two forecasts may differ by what that teaches it. Every
+/// other input is scale-free (`features::tests::normalisation_is_scale_free`); here the
+/// whole engine stays within 10 %.
 #[test]
-fn forecasts_are_scale_free() {
+fn forecasts_follow_the_scale() {
     let model = Arc::new(Model::embedded().expect("model"));
     let settings = flowcast::forecast::engine::EngineSettings {
         mc_passes: 50,
@@ -286,7 +290,7 @@ fn forecasts_are_scale_free() {
         .expect("ready");
     for (x, y) in fa.horizons.iter().zip(&fb.horizons) {
         for (p, q) in [(x.mean, y.mean), (x.lower, y.lower), (x.upper, y.upper)] {
-            assert!(p > 0.0 && (q / p / 1000.0 - 1.0).abs() < 0.01, "{p} vs {q}");
+            assert!(p > 0.0 && (q / p / 1000.0 - 1.0).abs() < 0.1, "{p} vs {q}");
         }
     }
 }
