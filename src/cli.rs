@@ -199,6 +199,17 @@ pub struct BacktestArgs {
     /// under-provisioned (0.02 = 2 %).
     #[arg(long, default_value_t = 0.02)]
     pub risk: f64,
+    /// Latency what-if: the mean service time of one request (humantime, e.g. 150ms). Each
+    /// ready replica is `--concurrency` servers of an M/M/c queue at each step's demand;
+    /// reports P50, P99, the busiest hour's P99 and the minutes over `--slo` per policy.
+    #[arg(long, requires = "replica_capacity")]
+    pub service_time: Option<humantime::Duration>,
+    /// Latency what-if: requests one replica serves in parallel.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+    /// Latency what-if: the objective each minute's P99 is held against.
+    #[arg(long, default_value = "800ms")]
+    pub slo: humantime::Duration,
     /// Write a self-contained HTML report (band over observed, scores against baselines
     /// run on the same data, the what-if, the settings).
     #[arg(long)]

@@ -9,5 +9,6 @@
 pub mod backtest;
 pub mod baselines;
 pub mod dataset;
+pub mod latency;
 pub mod report;
 pub mod scaling;

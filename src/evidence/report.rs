@@ -12,7 +12,8 @@ use std::fmt::Write as _;
 
 use crate::evidence::baselines::Baseline;
 use crate::evidence::dataset::{Row, Scores, Series, HORIZON_SECONDS};
-use crate::evidence::scaling::{threshold_text, WhatIf};
+use crate::evidence::latency::Service;
+use crate::evidence::scaling::{fmt_ms, threshold_text, WhatIf};
 use crate::forecast::history::STEP_SECONDS;
 use crate::serve::chart::{escape, utc, Chart};
 
@@ -338,6 +339,9 @@ fn what_if(html: &mut String, w: &WhatIf) {
         );
     }
     html.push_str("</table>");
+    if let Some(s) = &d.service {
+        latency(html, w, s);
+    }
     let r = &w.recommendation;
     let c = &r.chosen;
     let _ = write!(
@@ -376,6 +380,83 @@ fn what_if(html: &mut String, w: &WhatIf) {
     html.push_str("</table>");
 }
 
+/// Colours of the policies in the latency chart: flowcast, reactive, oracle.
+const POLICY_COLOURS: [&str; 3] = [BAND, MISS, "#2a9d8f"];
+
+/// The latency table and the chart of each hour's P99 per policy.
+fn latency(html: &mut String, w: &WhatIf, s: &Service) {
+    let _ = write!(
+        html,
+        "<h3>Latency</h3><p class=\"k\">The same replays as the table above, as a queue: each ready replica is {} server{} with a mean service time of <b>{} ms</b> (M/M/c at each step's demand, {} req/s per replica at full load). A backlog left by an under-provisioned step carries into the next. SLO: each minute's P99 at most <b>{} ms</b>.</p>\
+         <table id=\"latency\"><tr><th>policy</th><th>P50</th><th>P99</th><th>P99 in the busiest hour (median day)</th><th>… worst day</th><th>minutes with P99 over the SLO</th></tr>",
+        s.concurrency,
+        if s.concurrency == 1 { "" } else { "s" },
+        fmt_ms(s.service_seconds),
+        threshold_text(s.throughput()),
+        fmt_ms(s.slo_seconds)
+    );
+    for p in &w.policies {
+        if let Some(l) = &p.latency {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{} ms</td><td>{} ms</td><td>{} ms</td><td>{} ms</td><td>{:.0}</td></tr>",
+                escape(&p.name),
+                fmt_ms(l.p50),
+                fmt_ms(l.p99),
+                fmt_ms(l.busiest_hour_p99_median),
+                fmt_ms(l.busiest_hour_p99_worst),
+                l.minutes_over_slo
+            );
+        }
+    }
+    html.push_str("</table>");
+    let hours = || w.policies.iter().flat_map(|p| p.hourly_p99.iter());
+    let (Some(t0), Some(t1)) = (hours().map(|h| h.0).min(), hours().map(|h| h.0).max()) else {
+        return;
+    };
+    // Up to 10× the SLO: a reactive HPA's backlog can reach minutes and flatten the rest.
+    let top = hours()
+        .map(|h| 1000.0 * h.1)
+        .fold(2000.0 * s.slo_seconds, f64::max)
+        .min(10_000.0 * s.slo_seconds);
+    let mut c = Chart::new(WIDTH, 260.0, t0, t1 + 3600, top).in_unit("ms");
+    c.line(
+        "slo",
+        [
+            (t0, Some(1000.0 * s.slo_seconds)),
+            (t1 + 3600, Some(1000.0 * s.slo_seconds)),
+        ],
+        "#999",
+        1.0,
+        Some("4 3"),
+    );
+    let mut legend = String::new();
+    for (p, colour) in w.policies.iter().zip(POLICY_COLOURS) {
+        let first = p.hourly_p99.first().map_or(t0, |h| h.0);
+        let by_hour: BTreeMap<i64, f64> = p.hourly_p99.iter().copied().collect();
+        c.line(
+            "p99",
+            (first..=t1)
+                .step_by(3600)
+                .map(|h| (h + 1800, by_hour.get(&h).map(|v| 1000.0 * v))),
+            colour,
+            1.2,
+            None,
+        );
+        let _ = write!(
+            legend,
+            "<span style=\"color:{colour}\">■</span> {} ",
+            escape(&p.name)
+        );
+    }
+    let _ = write!(
+        html,
+        "<p class=\"k\">Each hour's P99 per policy (ms; dashed: the SLO; values above {:.0} ms drawn at the top). {legend}</p><div id=\"latency-chart\">{}</div>",
+        top,
+        c.finish("P99 response time per hour and policy (ms)")
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,6 +489,7 @@ mod tests {
                         lower: 0.8 * v,
                         upper: 1.2 * v,
                         weights: crate::evidence::dataset::NO_WEIGHTS,
+                        u1: f64::NAN,
                     }
                 })
             })
@@ -434,6 +516,11 @@ mod tests {
             &rows,
             Deployment {
                 warmup_seconds: 86_400,
+                service: Some(Service {
+                    service_seconds: 0.15,
+                    concurrency: 1,
+                    slo_seconds: 0.8,
+                }),
                 ..Deployment::new(5.0, 300)
             },
             0.02,
@@ -465,6 +552,9 @@ mod tests {
             "id=\"candidates\"",
             "<td>seed</td><td>7</td>",
             ">req/s</text>",
+            "id=\"latency\"",
+            "id=\"latency-chart\"",
+            ">ms</text>",
         ] {
             assert!(html.contains(part), "{part} missing");
         }

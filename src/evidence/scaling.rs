@@ -12,6 +12,7 @@
 //! test runs both). Pure: no I/O, no clock; it reads only targets and forecast rows.
 
 use crate::evidence::dataset::{Row, Series, HORIZON_SECONDS};
+use crate::evidence::latency::{Latency, LatencyError, Service};
 use crate::forecast::history::STEP_SECONDS;
 
 /// Seconds in one window.
@@ -44,6 +45,9 @@ pub enum ScalingError {
     /// No window after the warm-up has a target.
     #[error("no scorable 5-minute window after the warm-up")]
     NoWindows,
+    /// The service model is not valid.
+    #[error(transparent)]
+    Service(#[from] LatencyError),
 }
 
 /// The user's deployment, in the units of the command line.
@@ -63,6 +67,8 @@ pub struct Deployment {
     pub max_replicas: Option<u32>,
     /// Windows before first window + this are not scored (scaling.py: 3 days).
     pub warmup_seconds: i64,
+    /// The service model, when latency is asked for (`--service-time`).
+    pub service: Option<Service>,
 }
 
 impl Deployment {
@@ -76,6 +82,7 @@ impl Deployment {
             min_replicas: 1,
             max_replicas: None,
             warmup_seconds: 259_200,
+            service: None,
         }
     }
 
@@ -102,6 +109,9 @@ impl Deployment {
                 min: self.min_replicas,
                 max: 0,
             });
+        }
+        if let Some(s) = &self.service {
+            s.check()?;
         }
         Ok(())
     }
@@ -202,6 +212,10 @@ pub struct Policy {
     pub name: String,
     /// Its outcome.
     pub outcome: Outcome,
+    /// The latency its ready replicas gave, when a service model was given.
+    pub latency: Option<Latency>,
+    /// The P99 of each hour (start, seconds), for the report's chart; empty without one.
+    pub hourly_p99: Vec<(i64, f64)>,
 }
 
 /// A candidate of the recommendation: the upper bound at `horizon`, times `1 + headroom`.
@@ -369,17 +383,25 @@ impl<'a> Replayer<'a> {
         }
     }
 
-    fn judge(&self, desired: &[f64]) -> Outcome {
-        let plan = replay(desired, &self.d);
-        summarise(self.w, &self.scored, &self.oracle, &plan, self.d.capacity)
+    fn judge(&self, plan: &Plan) -> Outcome {
+        summarise(self.w, &self.scored, &self.oracle, plan, self.d.capacity)
     }
 
+    fn reactive_plan(&self) -> Plan {
+        replay(&self.reactive, &self.d)
+    }
+
+    #[cfg(test)]
     fn reactive(&self) -> Outcome {
-        self.judge(&self.reactive)
+        self.judge(&self.reactive_plan())
+    }
+
+    fn predictive(&self, up: &[f64], headroom: f64) -> Outcome {
+        self.judge(&self.predictive_plan(up, headroom))
     }
 
     /// The larger of the reactive trigger and ⌈upper·(1 + headroom) / C⌉ (NaN-skipping).
-    fn predictive(&self, up: &[f64], headroom: f64) -> Outcome {
+    fn predictive_plan(&self, up: &[f64], headroom: f64) -> Plan {
         let desired: Vec<f64> = up
             .iter()
             .zip(&self.reactive)
@@ -392,10 +414,15 @@ impl<'a> Replayer<'a> {
                 }
             })
             .collect();
-        self.judge(&desired)
+        replay(&desired, &self.d)
     }
 
+    #[cfg(test)]
     fn oracle(&self) -> Outcome {
+        self.judge(&self.oracle_plan())
+    }
+
+    fn oracle_plan(&self) -> Plan {
         let mut o = Vec::with_capacity(self.oracle.len());
         let mut last = f64::NAN;
         for &v in &self.oracle {
@@ -404,11 +431,40 @@ impl<'a> Replayer<'a> {
             }
             o.push(if last.is_nan() { 1.0 } else { last });
         }
-        let plan = Plan {
+        Plan {
             requested: o.clone(),
             ready: o,
+        }
+    }
+
+    /// The row of the what-if table for `plan`, with its latency when asked for.
+    fn policy(&self, name: String, series: &Series, plan: &Plan) -> Policy {
+        let (latency, hourly_p99) = match &self.d.service {
+            Some(s) => {
+                let mut mask = vec![false; self.w.y.len()];
+                for &i in &self.scored {
+                    mask[i] = true;
+                }
+                let f = self.w.first;
+                (
+                    Some(crate::evidence::latency::latency(
+                        series,
+                        f,
+                        &plan.ready,
+                        &mask,
+                        s,
+                    )),
+                    crate::evidence::latency::hourly_p99(series, f, &plan.ready, &mask, s),
+                )
+            }
+            None => (None, Vec::new()),
         };
-        summarise(self.w, &self.scored, &self.oracle, &plan, self.d.capacity)
+        Policy {
+            name,
+            outcome: self.judge(plan),
+            latency,
+            hourly_p99,
+        }
     }
 }
 
@@ -441,20 +497,15 @@ pub fn what_if(
         return Err(ScalingError::NoWindows);
     }
     let h = d.matching_horizon();
-    let matching = replayer.predictive(&uppers(&w, rows, h), 0.0);
+    // The same replays the replica-hours come from give the latency.
     let policies = vec![
-        Policy {
-            name: predictive_name(h),
-            outcome: matching,
-        },
-        Policy {
-            name: reactive_name(&d),
-            outcome: replayer.reactive(),
-        },
-        Policy {
-            name: ORACLE_NAME.to_string(),
-            outcome: replayer.oracle(),
-        },
+        replayer.policy(
+            predictive_name(h),
+            series,
+            &replayer.predictive_plan(&uppers(&w, rows, h), 0.0),
+        ),
+        replayer.policy(reactive_name(&d), series, &replayer.reactive_plan()),
+        replayer.policy(ORACLE_NAME.to_string(), series, &replayer.oracle_plan()),
     ];
     let mut candidates = Vec::new();
     for horizon in HORIZON_SECONDS.into_iter().filter(|&x| x >= h) {
@@ -554,6 +605,9 @@ pub fn to_text(w: &WhatIf) -> String {
     if let Some(note) = little_difference(w) {
         let _ = writeln!(out, "note: {note}");
     }
+    if let Some(s) = &d.service {
+        out.push_str(&latency_text(w, s));
+    }
     let r = &w.recommendation;
     let c = &r.chosen;
     let _ = writeln!(
@@ -579,6 +633,53 @@ pub fn to_text(w: &WhatIf) -> String {
         threshold_text(r.reactive_threshold)
     );
     out
+}
+
+/// The latency table of the what-if.
+fn latency_text(w: &WhatIf, s: &Service) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "latency: each ready replica is {} server{} with a mean service time of {} ms (M/M/c, up to {} req/s per replica at full load); SLO {} ms on each minute's P99",
+        s.concurrency,
+        if s.concurrency == 1 { "" } else { "s" },
+        fmt_ms(s.service_seconds),
+        threshold_text(s.throughput()),
+        fmt_ms(s.slo_seconds),
+    );
+    let _ = writeln!(
+        out,
+        "{:<34} {:>9} {:>9} {:>22} {:>18}",
+        "policy", "P50 ms", "P99 ms", "busiest-hour P99 ms", "minutes over SLO"
+    );
+    for p in &w.policies {
+        if let Some(l) = &p.latency {
+            let _ = writeln!(
+                out,
+                "{:<34} {:>9} {:>9} {:>22} {:>18.0}",
+                p.name,
+                fmt_ms(l.p50),
+                fmt_ms(l.p99),
+                format!(
+                    "{} (worst {})",
+                    fmt_ms(l.busiest_hour_p99_median),
+                    fmt_ms(l.busiest_hour_p99_worst)
+                ),
+                l.minutes_over_slo
+            );
+        }
+    }
+    out
+}
+
+/// Seconds as whole milliseconds ("–" when there is none).
+pub fn fmt_ms(seconds: f64) -> String {
+    if seconds.is_finite() {
+        format!("{:.0}", 1000.0 * seconds)
+    } else {
+        "–".to_string()
+    }
 }
 
 /// A threshold as KEDA's metadata takes it: a decimal string with a few significant digits.

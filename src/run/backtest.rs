@@ -144,6 +144,15 @@ fn report_settings(args: &BacktestArgs, model: &Model, s: Settings) -> Vec<(Stri
             ),
         ));
     }
+    if let Some(s) = args.service_time {
+        out.push((
+            "latency".to_string(),
+            format!(
+                "service time {s}, {} parallel per replica, SLO {} on each minute's P99",
+                args.concurrency, args.slo
+            ),
+        ));
+    }
     out
 }
 
@@ -168,7 +177,15 @@ fn deployment(
             args.risk
         )));
     }
+    let service = args
+        .service_time
+        .map(|s| crate::evidence::latency::Service {
+            service_seconds: std::time::Duration::from(s).as_secs_f64(),
+            concurrency: args.concurrency,
+            slo_seconds: std::time::Duration::from(args.slo).as_secs_f64(),
+        });
     let d = crate::evidence::scaling::Deployment {
+        service,
         utilization: args.target_utilization,
         min_replicas: args.min_replicas,
         max_replicas: args.max_replicas,

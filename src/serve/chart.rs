@@ -25,6 +25,7 @@ pub struct Chart {
     t1: i64,
     y_top: f64,
     y_step: f64,
+    unit: &'static str,
     body: String,
 }
 
@@ -45,8 +46,14 @@ impl Chart {
             t1: t1.max(t0 + 1),
             y_top,
             y_step,
+            unit: "req/s",
             body: String::new(),
         }
+    }
+
+    /// The same chart with its y-axis labelled in `unit` instead of req/s.
+    pub fn in_unit(self, unit: &'static str) -> Self {
+        Self { unit, ..self }
     }
 
     /// The x pixel of time `t`.
@@ -197,9 +204,10 @@ impl Chart {
         }
         let _ = write!(
             svg,
-            "<text x=\"4\" y=\"{:.1}\" transform=\"rotate(-90 4 {:.1})\" dy=\"8\" text-anchor=\"middle\">req/s</text>",
+            "<text x=\"4\" y=\"{:.1}\" transform=\"rotate(-90 4 {:.1})\" dy=\"8\" text-anchor=\"middle\">{}</text>",
             (top + h - bottom) / 2.0,
-            (top + h - bottom) / 2.0
+            (top + h - bottom) / 2.0,
+            self.unit
         );
         let span = self.t1 - self.t0;
         let max_ticks = ((w - l - r) / 80.0).max(2.0) as i64;

@@ -91,6 +91,11 @@ fn flowcast_backtest(data: &Path, out: &Path, capacity: f64) -> String {
             &capacity.to_string(),
             "--startup",
             "5m",
+            // Latency: 4 servers per replica, at full load 25 % above the capacity.
+            "--service-time",
+            &format!("{:.0}ms", 4000.0 / (1.25 * capacity)),
+            "--concurrency",
+            "4",
         ])
         .output()
         .expect("flowcast runs");
@@ -195,6 +200,31 @@ fn the_what_if_and_the_scores_agree_with_the_scripts() {
                 );
             }
             assert!(stdout.contains("recommendation: horizon=\""), "{stdout}");
+            // The latency table: a second row per policy, P50 <= P99, and the oracle never
+            // slower than the reactive HPA at the P99.
+            let p99: Vec<f64> = ours
+                .policies
+                .iter()
+                .map(|policy| {
+                    let line = stdout
+                        .lines()
+                        .filter(|l| l.starts_with(&policy.name))
+                        .nth(1)
+                        .unwrap_or_else(|| panic!("no latency row {} in:\n{stdout}", policy.name));
+                    let cells: Vec<f64> = line[policy.name.len()..]
+                        .split_whitespace()
+                        .take(2)
+                        .map(|c| c.parse().expect("ms"))
+                        .collect();
+                    assert!(cells[0] > 0.0 && cells[0] <= cells[1], "{line}");
+                    cells[1]
+                })
+                .collect();
+            assert!(p99[2] <= p99[1], "oracle {} vs reactive {}", p99[2], p99[1]);
+            assert!(
+                stdout.contains("latency: each ready replica is 4 servers"),
+                "{stdout}"
+            );
             assert!(stdout.contains("req/s per replica"), "{stdout}");
         }
     }
