@@ -12,9 +12,18 @@ pub const SCALED_OBJECT: &str = "deploy/keda/scaledobject.yaml";
 /// The ScaledObject that reads `/api/v1/forecast` with KEDA's metrics-api scaler.
 pub const METRICS_API: &str = "deploy/keda/scaledobject-metrics-api.yaml";
 
+/// The ScaledObject that reads flowcast's `/metrics` with the metrics-api scaler's
+/// `format: prometheus` (KEDA v2.19+).
+pub const METRICS_API_PROMETHEUS: &str = "deploy/keda/scaledobject-metrics-api-prometheus.yaml";
+
 /// The metrics-api ScaledObject as parsed from the repository.
 pub fn metrics_api_scaled_object() -> Value {
     object_of_kind(&yaml_file(METRICS_API), "ScaledObject").clone()
+}
+
+/// The metrics-api ScaledObject in Prometheus format as parsed from the repository.
+pub fn metrics_api_prometheus_scaled_object() -> Value {
+    object_of_kind(&yaml_file(METRICS_API_PROMETHEUS), "ScaledObject").clone()
 }
 
 /// The ScaledObject as parsed from the repository.
@@ -199,6 +208,14 @@ pub fn scaled_object_errors(object: &Value) -> Vec<String> {
                     ".spec.triggers[{i}].metadata.format: {f:?} is not json, xml, yaml or prometheus"
                 ));
             }
+            // KEDA parses a prometheus-format valueLocation as a PromQL metric selector.
+            if f == "prometheus" {
+                if let Err(e) = crate::keda_metrics_api::parse_selector(
+                    meta["valueLocation"].as_str().unwrap_or(""),
+                ) {
+                    errors.push(format!(".spec.triggers[{i}].metadata.valueLocation: {e}"));
+                }
+            }
         }
         if let Some(url) = meta["url"].as_str() {
             // Go's HTTP client takes http and https only.
@@ -213,21 +230,53 @@ pub fn scaled_object_errors(object: &Value) -> Vec<String> {
 }
 
 #[test]
-fn the_metrics_api_scaled_object_is_valid_for_keda() {
-    let errors = scaled_object_errors(&metrics_api_scaled_object());
-    assert!(
-        errors.is_empty(),
-        "KEDA would refuse it:\n{}",
-        errors.join("\n")
+fn the_metrics_api_scaled_objects_are_valid_for_keda() {
+    for so in [
+        metrics_api_scaled_object(),
+        metrics_api_prometheus_scaled_object(),
+    ] {
+        let errors = scaled_object_errors(&so);
+        assert!(
+            errors.is_empty(),
+            "KEDA would refuse it:\n{}",
+            errors.join("\n")
+        );
+    }
+}
+
+/// The metrics-api variants scale the same Deployment in the same way as the Prometheus
+/// one (fallback, behaviour, capacity), read the 10m upper bound of series "api" from the
+/// forecaster's Service, and that Service reaches the forecaster's pods on their port.
+#[test]
+fn the_metrics_api_scaled_objects_read_the_forecaster_service() {
+    check_metrics_api(
+        METRICS_API,
+        "json",
+        "/api/v1/forecast",
+        [
+            crate::keda_metrics_api::PREDICTIVE_LOCATION,
+            crate::keda_metrics_api::REACTIVE_LOCATION,
+        ],
+    );
+    check_metrics_api(
+        METRICS_API_PROMETHEUS,
+        "prometheus",
+        "/metrics",
+        [
+            crate::keda_metrics_api::PREDICTIVE_SELECTOR,
+            crate::keda_metrics_api::REACTIVE_SELECTOR,
+        ],
+    );
+    // The two files declare the same Service, so applying both is harmless.
+    assert_eq!(
+        object_of_kind(&yaml_file(METRICS_API), "Service"),
+        object_of_kind(&yaml_file(METRICS_API_PROMETHEUS), "Service")
     );
 }
 
-/// The metrics-api variant scales the same Deployment in the same way as the Prometheus
-/// one (fallback, behaviour, capacity), reads the 10m upper bound of series "api" from the
-/// forecaster's Service, and that Service reaches the forecaster's pods on their port.
-#[test]
-fn the_metrics_api_scaled_object_reads_the_forecaster_service() {
-    let (so, prom) = (metrics_api_scaled_object(), scaled_object());
+fn check_metrics_api(file: &str, format: &str, path: &str, locations: [&str; 2]) {
+    let so = object_of_kind(&yaml_file(file), "ScaledObject").clone();
+    let prom = scaled_object();
     for key in [
         "scaleTargetRef",
         "fallback",
@@ -245,16 +294,13 @@ fn the_metrics_api_scaled_object_reads_the_forecaster_service() {
         trigger(&prom, "forecast-upper-10m")["metadata"]["threshold"],
         "the same per-replica capacity"
     );
-    assert_eq!(
-        predictive["metadata"]["valueLocation"],
-        crate::keda_metrics_api::PREDICTIVE_LOCATION
-    );
+    assert_eq!(predictive["metadata"]["valueLocation"], locations[0]);
     let reactive = trigger(&so, "observed-peak");
-    assert_eq!(
-        reactive["metadata"]["valueLocation"],
-        crate::keda_metrics_api::REACTIVE_LOCATION
-    );
-    let service = object_of_kind(&yaml_file(METRICS_API), "Service").clone();
+    assert_eq!(reactive["metadata"]["valueLocation"], locations[1]);
+    for t in [predictive, reactive] {
+        assert_eq!(t["metadata"]["format"], format, "{file}");
+    }
+    let service = object_of_kind(&yaml_file(file), "Service").clone();
     let forecaster = object_of_kind(
         &yaml_documents(&read("deploy/kubernetes/service-forecaster.yaml")),
         "Deployment",
@@ -286,7 +332,7 @@ fn the_metrics_api_scaled_object_reads_the_forecaster_service() {
             "{url} does not name the Service"
         );
         assert_eq!(url.port().map(i64::from), port["port"].as_i64());
-        assert_eq!(url.path(), "/api/v1/forecast");
+        assert_eq!(url.path(), path);
     }
 }
 
@@ -443,6 +489,28 @@ fn the_checker_rejects_broken_scaled_objects() {
     let original = metrics_api_scaled_object();
     assert!(scaled_object_errors(&original).is_empty());
     check_mutations(&original, &metrics_api);
+    // format: prometheus takes a metric selector, not a GJSON path.
+    let prometheus_format: [Mutation; 2] = [
+        (
+            "a GJSON path as a selector",
+            "metadata.valueLocation",
+            |so| {
+                so["spec"]["triggers"][0]["metadata"]["valueLocation"] =
+                    json!(crate::keda_metrics_api::PREDICTIVE_LOCATION)
+            },
+        ),
+        (
+            "a regex matcher KEDA would read as =",
+            "metadata.valueLocation",
+            |so| {
+                so["spec"]["triggers"][0]["metadata"]["valueLocation"] =
+                    json!("flowcast_forecast_upper_requests_per_second{series=~\"api|web\"}")
+            },
+        ),
+    ];
+    let original = metrics_api_prometheus_scaled_object();
+    assert!(scaled_object_errors(&original).is_empty());
+    check_mutations(&original, &prometheus_format);
 }
 
 type Mutation = (&'static str, &'static str, fn(&mut Value));

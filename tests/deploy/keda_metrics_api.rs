@@ -1,8 +1,11 @@
 //! The valueLocations of `deploy/keda/scaledobject-metrics-api.yaml` against a live
 //! flowcast's `/api/v1/forecast`, read with the Rust port of GJSON (by GJSON's author) as
-//! KEDA's metrics-api scaler reads them: a number when the series is ready (the document's
-//! own 10m upper bound), nothing at all when it is not, so KEDA errors and its fallback
-//! takes over instead of scaling on a made-up value.
+//! KEDA's metrics-api scaler reads them, and those of
+//! `deploy/keda/scaledobject-metrics-api-prometheus.yaml` (`format: prometheus`) against
+//! the same flowcast's `/metrics`, read as KEDA's `getValueFromPrometheusResponse` does:
+//! a number when the series is ready (the exposition's own 10m upper bound), nothing at all
+//! when it is not, so KEDA errors and its fallback takes over instead of scaling on a
+//! made-up value.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,6 +23,78 @@ pub const PREDICTIVE_LOCATION: &str =
 /// The reactive trigger's valueLocation.
 pub const REACTIVE_LOCATION: &str = r#"series.#(labels.series=="api").observed"#;
 
+/// The predictive trigger's valueLocation in `format: prometheus`: a metric selector.
+pub const PREDICTIVE_SELECTOR: &str =
+    r#"flowcast_forecast_upper_requests_per_second{series="api",horizon="10m"}"#;
+/// The reactive trigger's.
+pub const REACTIVE_SELECTOR: &str = r#"flowcast_observed_requests_per_second{series="api"}"#;
+
+/// A metric selector as KEDA reads it for `format: prometheus`: a metric name and
+/// `label="value"` matchers (KEDA compares names and values only).
+pub fn parse_selector(selector: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let re = regex::Regex::new(r#"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?$"#).expect("regex");
+    let matcher =
+        regex::Regex::new(r#"^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"([^"\\]*)"\s*$"#).expect("regex");
+    let c = re
+        .captures(selector.trim())
+        .ok_or_else(|| format!("{selector:?} is not a metric selector"))?;
+    let mut matchers = Vec::new();
+    if let Some(body) = c.get(2).filter(|b| !b.as_str().trim().is_empty()) {
+        for part in body.as_str().split(',').filter(|p| !p.trim().is_empty()) {
+            let m = matcher
+                .captures(part)
+                .ok_or_else(|| format!("{part:?} in {selector:?} is not label=\"value\""))?;
+            matchers.push((m[1].to_string(), m[2].to_string()));
+        }
+    }
+    Ok((c[1].to_string(), matchers))
+}
+
+/// What KEDA's metrics-api scaler does with a Prometheus exposition (`format: prometheus`):
+/// the family of the selector's name, then the FIRST sample, in the text's order, whose
+/// labels include every matcher; its value if it is a gauge, counter or untyped sample.
+pub fn keda_prometheus_value(body: &str, selector: &str) -> Result<f64, String> {
+    let (name, matchers) = parse_selector(selector)?;
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .map_err(|e| format!("prometheus format parsing error: {e}"))?;
+    let mut family = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .peekable();
+    if family.peek().is_none() {
+        return Err(format!("metric '{name}' not found"));
+    }
+    for sample in family {
+        if matchers
+            .iter()
+            .all(|(k, v)| sample.labels.get(k) == Some(v.as_str()))
+        {
+            match sample.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => return Ok(v),
+                _ => {}
+            }
+        }
+    }
+    Err(format!("value {selector} not found"))
+}
+
+/// The value of the one exposition line of `name` that carries every `label="value"`,
+/// read as text (independent of any parser).
+fn line_value(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = body.lines().filter(|l| {
+        l.starts_with(&format!("{name}{{")) && labels.iter().all(|want| l.contains(want))
+    });
+    let line = found.next()?;
+    assert!(
+        found.next().is_none(),
+        "two lines of {name} with {labels:?}"
+    );
+    line.rsplit(' ').next()?.parse().ok()
+}
+
 /// What KEDA's metrics-api scaler does with a JSON body: a number, or a string that parses
 /// as a quantity (not needed here), else an error.
 fn keda_value(body: &str, location: &str) -> Result<f64, String> {
@@ -27,8 +102,8 @@ fn keda_value(body: &str, location: &str) -> Result<f64, String> {
     match v.kind() {
         gjson::Kind::Number => Ok(v.f64()),
         _ => Err(format!(
-            "valueLocation must point to value of type number, got {:?}",
-            v.json()
+            "valueLocation {location:?} must point to a numeric value or a string parseable as a Quantity, got {}",
+            if v.exists() { v.json() } else { "Null" }
         )),
     }
 }
@@ -134,6 +209,63 @@ async fn the_metrics_api_value_locations_read_the_live_forecast() {
     // The same path does not pick another series or horizon by accident.
     let other = PREDICTIVE_LOCATION.replace("\"api\"", "\"web\"");
     assert!(!gjson::get(&ready, &other).exists());
+
+    // The same two flowcasts through /metrics, as `format: prometheus` reads them.
+    let so = crate::keda::metrics_api_prometheus_scaled_object();
+    for (name, want) in [
+        ("forecast-upper-10m", PREDICTIVE_SELECTOR),
+        ("observed-peak", REACTIVE_SELECTOR),
+    ] {
+        assert_eq!(trigger(&so, name)["metadata"]["valueLocation"], want);
+    }
+    let metrics = |url: &str| url.replace("/api/v1/forecast", "/metrics");
+    let body = |url: String| async move {
+        reqwest::get(&url)
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body")
+    };
+    let not_ready = body(metrics(&fresh_url)).await;
+    assert!(not_ready.contains("flowcast_ready{"), "{not_ready}");
+    let e = keda_prometheus_value(&not_ready, PREDICTIVE_SELECTOR)
+        .expect_err("a not-ready series must match nothing");
+    assert!(e.contains("not found"), "{e}");
+    let ready = body(metrics(&seeded_url)).await;
+    let read = keda_prometheus_value(&ready, PREDICTIVE_SELECTOR).expect("KEDA reads a number");
+    let line = line_value(
+        &ready,
+        "flowcast_forecast_upper_requests_per_second",
+        &["series=\"api\"", "horizon=\"10m\""],
+    )
+    .expect("the 10m upper bound line");
+    assert_eq!(read, line, "the 10m upper bound, not another sample");
+    assert!(read.is_finite() && read > 0.0);
+    // The first match by design: a selector without the horizon picks whichever horizon
+    // comes first in the text, which is why the shipped one names it.
+    let loose = keda_prometheus_value(
+        &ready,
+        "flowcast_forecast_upper_requests_per_second{series=\"api\"}",
+    )
+    .expect("first sample");
+    let first_line = ready
+        .lines()
+        .find(|l| {
+            l.starts_with("flowcast_forecast_upper_requests_per_second{")
+                && l.contains("series=\"api\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(
+        Some(loose),
+        first_line,
+        "the first matching sample in the text"
+    );
+    let observed = keda_prometheus_value(&ready, REACTIVE_SELECTOR).expect("observed");
+    assert!(observed.is_finite() && observed > 0.0);
+    assert!(
+        keda_prometheus_value(&ready, &PREDICTIVE_SELECTOR.replace("\"api\"", "\"web\"")).is_err()
+    );
     feeder.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
