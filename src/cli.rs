@@ -131,17 +131,79 @@ pub struct DemoArgs {
     pub duration: Option<humantime::Duration>,
 }
 
+/// A step as whole seconds: `60` or `1m`.
+fn step_seconds(text: &str) -> Result<i64, String> {
+    if let Ok(n) = text.parse::<i64>() {
+        return Ok(n);
+    }
+    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{text:?} is not a whole number of seconds"));
+    }
+    i64::try_from(d.as_secs()).map_err(|_| format!("{text:?} is too long"))
+}
+
+/// The Prometheus API's credentials and TLS for `backtest --prometheus` (the sidecar's
+/// `prometheus_*` keys, checked the same way).
+#[derive(Debug, Clone, Default, Args)]
+pub struct PrometheusAuthArgs {
+    /// A file holding a bearer token for the Prometheus API.
+    #[arg(long)]
+    pub prometheus_bearer_token_file: Option<PathBuf>,
+    /// Basic-auth user name for the Prometheus API.
+    #[arg(long)]
+    pub prometheus_basic_auth_user: Option<String>,
+    /// A file holding the Prometheus API's basic-auth password.
+    #[arg(long)]
+    pub prometheus_basic_auth_password_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for an https Prometheus API.
+    #[arg(long)]
+    pub prometheus_ca_file: Option<PathBuf>,
+    /// A PEM client certificate for mutual TLS with the Prometheus API (with the key file).
+    #[arg(long)]
+    pub prometheus_client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `--prometheus-client-cert-file`.
+    #[arg(long)]
+    pub prometheus_client_key_file: Option<PathBuf>,
+}
+
 /// Settings of `backtest`.
 #[derive(Debug, Args)]
 pub struct BacktestArgs {
-    /// Recorded series: `timestamp,value` CSV (value = count per step).
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Recorded series: `timestamp,value` CSV (value = count per step). Or read it straight
+    /// from Prometheus with `--prometheus`.
+    #[arg(
+        long,
+        required_unless_present = "prometheus",
+        conflicts_with = "prometheus"
+    )]
+    pub data: Option<PathBuf>,
+    /// Read the series from this Prometheus API (e.g. http://prometheus:9090) with
+    /// `/api/v1/query_range`, instead of `--data`.
+    #[arg(long, requires = "query")]
+    pub prometheus: Option<String>,
+    /// With `--prometheus`: the PromQL query, giving requests per second of one series,
+    /// e.g. `sum(rate(http_requests_total{job="api"}[1m]))`.
+    #[arg(long, requires = "prometheus")]
+    pub query: Option<String>,
+    /// With `--prometheus`: how far back to read (at least 3 days).
+    #[arg(long, default_value = "7d")]
+    pub range: humantime::Duration,
+    /// With `--prometheus`: the end of the range, unix seconds or RFC 3339 (default: now).
+    #[arg(long, requires = "prometheus")]
+    pub end: Option<String>,
+    /// With `--prometheus`: also write the series it read as a `--data` CSV.
+    #[arg(long, requires = "prometheus")]
+    pub save_data: Option<PathBuf>,
+    /// With `--prometheus`: its credentials and TLS, as the sidecar's `prometheus_*` keys.
+    #[command(flatten)]
+    pub prometheus_auth: PrometheusAuthArgs,
     /// Where to write the forecasts (`origin,horizon_seconds,mean,lower,upper`).
     #[arg(long)]
     pub out: PathBuf,
-    /// Step of the data in seconds; inferred from the timestamps when absent.
-    #[arg(long)]
+    /// Step of the data (seconds, or humantime as 1m); with `--data` inferred from the file
+    /// when absent, with `--prometheus` the query's step (default 1m). Must divide 5m.
+    #[arg(long, value_parser = step_seconds)]
     pub step: Option<i64>,
     /// Seed of the Monte-Carlo dropout masks.
     #[arg(long, default_value_t = 0)]

@@ -920,6 +920,44 @@ impl Config {
 }
 
 /// An http(s) URL with a host.
+/// The Prometheus API of `flowcast backtest --prometheus`: its URL and credentials checked
+/// as the sidecar's `prometheus_url` and `prometheus_*` keys are (and named by those keys
+/// in errors).
+pub fn prometheus_api(
+    url: &str,
+    creds: PrometheusCredentials,
+) -> Result<(Url, HttpAuth), ConfigError> {
+    let url = http_url("prometheus_url", url)?;
+    let auth = auth(AuthFiles {
+        side: AuthSide::Prometheus,
+        bearer_token_file: creds.bearer_token_file,
+        user: creds.basic_auth_user,
+        password_file: creds.basic_auth_password_file,
+        ca_file: creds.ca_file,
+        client_cert_file: creds.client_cert_file,
+        client_key_file: creds.client_key_file,
+        follow_redirects: true,
+    })?;
+    Ok((url, auth))
+}
+
+/// The `prometheus_*` credential files of [`prometheus_api`].
+#[derive(Debug, Clone, Default)]
+pub struct PrometheusCredentials {
+    /// `prometheus_bearer_token_file`.
+    pub bearer_token_file: Option<PathBuf>,
+    /// `prometheus_basic_auth_user`.
+    pub basic_auth_user: Option<String>,
+    /// `prometheus_basic_auth_password_file`.
+    pub basic_auth_password_file: Option<PathBuf>,
+    /// `prometheus_ca_file`.
+    pub ca_file: Option<PathBuf>,
+    /// `prometheus_client_cert_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// `prometheus_client_key_file`.
+    pub client_key_file: Option<PathBuf>,
+}
+
 fn http_url(key: &'static str, text: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(text).map_err(|e| invalid(key, format!("{text:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {

@@ -61,6 +61,7 @@
 //! | [`evidence::dataset`] | recorded series and forecast rows as files: the strict CSV, the scorer's rows, targets and metrics |
 //! | [`evidence::baselines`] | persistence, PromQL and Holt baselines run in-process (baselines.py's a, c, d) |
 //! | [`evidence::scaling`] | the backtest's scaling what-if (scaling.py's model) and its recommendation |
+//! | [`evidence::range`] | `backtest --prometheus`: one series read with `query_range` in chunks, checked, as a CSV's rows |
 //! | [`evidence::latency`] | the what-if's latency: each policy's ready replicas as an M/M/c queue with backlog |
 //! | [`evidence::report`] | `backtest --report`: the self-contained HTML report of one backtest |
 //! | **edge** | the command line and the one validated config; imports every layer listed before it |

@@ -10,5 +10,6 @@ pub mod backtest;
 pub mod baselines;
 pub mod dataset;
 pub mod latency;
+pub mod range;
 pub mod report;
 pub mod scaling;

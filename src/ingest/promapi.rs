@@ -87,7 +87,7 @@ struct Data {
 }
 
 /// A result series' labels.
-type Labels = BTreeMap<String, String>;
+pub type Labels = BTreeMap<String, String>;
 /// A point as the API writes it: unix seconds (float) and the value as a string.
 type RawPoint = (f64, String);
 
@@ -171,7 +171,35 @@ impl PromClient {
         end: i64,
         step: i64,
     ) -> Result<Points, PromError> {
-        let url = self.endpoint(
+        let url = self.range_url(query, start, end, step);
+        let data = self.call(url).await?;
+        self.points(data)
+    }
+
+    /// A range query over `[start, end]` every `step` seconds, each result series with its
+    /// own labels (no `by` keys, no summing, no shard, no series cap): what
+    /// `backtest --prometheus` needs to refuse a query of several series by name. Points are
+    /// in time order; non-finite and negative values are left out (a hole).
+    pub async fn query_range_labelled(
+        &self,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Vec<(Labels, Vec<(i64, f64)>)>, PromError> {
+        let url = self.range_url(query, start, end, step);
+        let data = self.call(url).await?;
+        let mut out = Vec::new();
+        for (labels, values) in raw_series(data)? {
+            let mut points = parse_points(values)?;
+            points.retain(|(_, v)| v.is_finite() && *v >= 0.0);
+            out.push((labels, points));
+        }
+        Ok(out)
+    }
+
+    fn range_url(&self, query: &str, start: i64, end: i64, step: i64) -> Url {
+        self.endpoint(
             "api/v1/query_range",
             &[
                 ("query", query.to_string()),
@@ -179,9 +207,7 @@ impl PromClient {
                 ("end", end.to_string()),
                 ("step", step.to_string()),
             ],
-        );
-        let data = self.call(url).await?;
-        self.points(data)
+        )
     }
 
     async fn call(&self, url: Url) -> Result<Data, PromError> {
@@ -208,28 +234,7 @@ impl PromClient {
     }
 
     fn points(&self, data: Data) -> Result<Points, PromError> {
-        let malformed = |e: serde_json::Error| PromError::Malformed(e.to_string());
-        let series: Vec<(Labels, Vec<RawPoint>)> = match data.result_type.as_str() {
-            "vector" => serde_json::from_value::<Vec<VectorSample>>(data.result)
-                .map_err(malformed)?
-                .into_iter()
-                .map(|s| (s.metric, vec![s.value]))
-                .collect(),
-            "matrix" => serde_json::from_value::<Vec<MatrixSeries>>(data.result)
-                .map_err(malformed)?
-                .into_iter()
-                .map(|s| (s.metric, s.values))
-                .collect(),
-            "scalar" => {
-                let v: RawPoint = serde_json::from_value(data.result).map_err(malformed)?;
-                vec![(BTreeMap::new(), vec![v])]
-            }
-            other => {
-                return Err(PromError::Malformed(format!(
-                    "result type {other:?} is not a number series (use rate() or sum())"
-                )))
-            }
-        };
+        let series = raw_series(data)?;
         let mut out: Points = BTreeMap::new();
         for (metric, values) in series {
             let key: Vec<String> = self
@@ -240,18 +245,8 @@ impl PromClient {
             if self.shard.is_some_and(|s| !s.owns(&key)) {
                 continue;
             }
-            let points = out.entry(key).or_default();
-            let mut parsed = Vec::with_capacity(values.len());
-            for (t, v) in values {
-                let v: f64 = v
-                    .parse()
-                    .map_err(|_| PromError::Malformed(format!("value {v:?} is not a number")))?;
-                if !t.is_finite() {
-                    return Err(PromError::Malformed(format!("timestamp {t}")));
-                }
-                parsed.push((t.round() as i64, v));
-            }
-            merge_sum(points, parsed);
+            let parsed = parse_points(values)?;
+            merge_sum(out.entry(key).or_default(), parsed);
         }
         if out.len() > self.max_series {
             return Err(PromError::TooManySeries {
@@ -264,6 +259,49 @@ impl PromClient {
         }
         Ok(out)
     }
+}
+
+/// The series of an answer with their labels and raw points.
+fn raw_series(data: Data) -> Result<Vec<(Labels, Vec<RawPoint>)>, PromError> {
+    let malformed = |e: serde_json::Error| PromError::Malformed(e.to_string());
+    Ok(match data.result_type.as_str() {
+        "vector" => serde_json::from_value::<Vec<VectorSample>>(data.result)
+            .map_err(malformed)?
+            .into_iter()
+            .map(|s| (s.metric, vec![s.value]))
+            .collect(),
+        "matrix" => serde_json::from_value::<Vec<MatrixSeries>>(data.result)
+            .map_err(malformed)?
+            .into_iter()
+            .map(|s| (s.metric, s.values))
+            .collect(),
+        "scalar" => {
+            let v: RawPoint = serde_json::from_value(data.result).map_err(malformed)?;
+            vec![(BTreeMap::new(), vec![v])]
+        }
+        other => {
+            return Err(PromError::Malformed(format!(
+                "result type {other:?} is not a number series (use rate() or sum())"
+            )))
+        }
+    })
+}
+
+/// Raw points as (unix seconds, value); a value that is not a number or a non-finite
+/// timestamp is malformed.
+fn parse_points(values: Vec<RawPoint>) -> Result<Vec<(i64, f64)>, PromError> {
+    values
+        .into_iter()
+        .map(|(t, v)| {
+            let v: f64 = v
+                .parse()
+                .map_err(|_| PromError::Malformed(format!("value {v:?} is not a number")))?;
+            if !t.is_finite() {
+                return Err(PromError::Malformed(format!("timestamp {t}")));
+            }
+            Ok((t.round() as i64, v))
+        })
+        .collect()
 }
 
 /// Adds `new` into `into` point by point (same timestamps are summed; a missing one on

@@ -12,7 +12,10 @@ use crate::config::MC_PASSES_RANGE;
 use crate::evidence::backtest::{
     as_written, plot, read_series, run, score, score_table, write_rows, Settings,
 };
+use crate::evidence::dataset::Series;
+use crate::evidence::range;
 use crate::forecast::model::{Model, ModelSource};
+use crate::ingest::promapi::PromClient;
 
 /// `flowcast backtest`: reads the series, replays it, writes the forecasts (and the plot),
 /// and prints the scores. Bad input (arguments, CSV, model) is a usage error.
@@ -23,7 +26,7 @@ pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
         )));
     }
     let deployment = deployment(args)?;
-    let series = read_series(&args.data, args.step).map_err(Failure::usage)?;
+    let (series, data) = load_series(args)?;
     let source = match (&args.model, &args.model_card) {
         (Some(model), Some(card)) => ModelSource::Files {
             model: model.clone(),
@@ -83,14 +86,14 @@ pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
             })
             .collect();
         let html = crate::evidence::report::render(&crate::evidence::report::ReportInput {
-            data: args.data.display().to_string(),
+            data: data.clone(),
             series: &series,
             rows: &written,
             scores: score_table(&series, &written, args.warmup_seconds),
             baselines,
             what_if: what_if.as_ref(),
             warmup_seconds: args.warmup_seconds,
-            settings: report_settings(args, &model, settings),
+            settings: report_settings(args, &data, &model, settings),
         });
         std::fs::write(path, &html).map_err(|e| {
             Failure::runtime(anyhow::anyhow!("cannot write {}: {e}", path.display()))
@@ -105,14 +108,109 @@ pub fn command(args: &BacktestArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The series of `--data FILE`, or of `--prometheus URL --query Q` (read with
+/// `query_range`, saved with `--save-data`), and how to name it.
+fn load_series(args: &BacktestArgs) -> Result<(Series, String), Failure> {
+    if let Some(path) = &args.data {
+        let series = read_series(path, args.step).map_err(Failure::usage)?;
+        return Ok((series, path.display().to_string()));
+    }
+    let (Some(url), Some(query)) = (&args.prometheus, &args.query) else {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "give --data FILE, or --prometheus URL with --query PROMQL"
+        )));
+    };
+    let a = args.prometheus_auth.clone();
+    let (url, auth) = crate::config::prometheus_api(
+        url,
+        crate::config::PrometheusCredentials {
+            bearer_token_file: a.prometheus_bearer_token_file,
+            basic_auth_user: a.prometheus_basic_auth_user,
+            basic_auth_password_file: a.prometheus_basic_auth_password_file,
+            ca_file: a.prometheus_ca_file,
+            client_cert_file: a.prometheus_client_cert_file,
+            client_key_file: a.prometheus_client_key_file,
+        },
+    )
+    .map_err(Failure::usage)?;
+    let step = args.step.unwrap_or(60);
+    let range = std::time::Duration::from(args.range);
+    if range.as_secs() < range::MIN_SPAN_SECONDS as u64 || range.subsec_nanos() != 0 {
+        return Err(Failure::usage(range::RangeError::RangeTooShort(
+            args.range.to_string(),
+        )));
+    }
+    let end = match &args.end {
+        Some(text) => parse_time(text).map_err(Failure::usage)?,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    };
+    let end = end.div_euclid(step.max(1)) * step.max(1);
+    let start = end - range.as_secs() as i64;
+    // Up to 11,000 points of one series per answer: a few MB of JSON at most.
+    let client = PromClient::new(
+        url.clone(),
+        std::time::Duration::from_secs(120),
+        64 << 20,
+        auth,
+        Vec::new(),
+        usize::MAX,
+    )
+    .map_err(Failure::usage)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::runtime)?;
+    let started = std::time::Instant::now();
+    let read = runtime
+        .block_on(range::read(&client, query, start, end, step))
+        .map_err(|e| match e {
+            range::RangeError::Prom(_) => Failure::runtime(e),
+            _ => Failure::usage(e),
+        })?;
+    println!(
+        "read {} steps of {} s ({} to {} UTC) from {url} in {} request(s), {:.1}s",
+        read.series.rows.len(),
+        step,
+        crate::serve::chart::utc(start),
+        crate::serve::chart::utc(end),
+        read.requests,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.save_data {
+        std::fs::write(path, range::to_csv(&read.series)).map_err(|e| {
+            Failure::runtime(anyhow::anyhow!("cannot write {}: {e}", path.display()))
+        })?;
+        println!("data: {}", path.display());
+    }
+    Ok((read.series, format!("{url} {query}")))
+}
+
+/// Unix seconds or an RFC 3339 time.
+fn parse_time(text: &str) -> Result<i64, anyhow::Error> {
+    if let Ok(t) = text.parse::<i64>() {
+        return Ok(t);
+    }
+    let t = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| anyhow::anyhow!("--end {text:?} is neither unix seconds nor RFC 3339: {e}"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64))
+}
+
 /// The settings the report lists: what produced these forecasts.
-fn report_settings(args: &BacktestArgs, model: &Model, s: Settings) -> Vec<(String, String)> {
+fn report_settings(
+    args: &BacktestArgs,
+    data: &str,
+    model: &Model,
+    s: Settings,
+) -> Vec<(String, String)> {
     let mut out = vec![
         (
             "flowcast".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         ),
-        ("data".to_string(), args.data.display().to_string()),
+        ("data".to_string(), data.to_string()),
         (
             "model".to_string(),
             match &args.model {

@@ -12,6 +12,7 @@
 #[path = "../integration/support/mod.rs"]
 mod support;
 
+mod backtest_prometheus;
 mod dashboard;
 mod dockerfile;
 mod https;
