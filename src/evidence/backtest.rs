@@ -127,7 +127,7 @@ pub fn run(
 
 /// [`Model::predict`] split into contiguous parts on `threads` threads. Each input's masks
 /// come from its own seed, so the result is the same for any split.
-fn predict_parallel(
+pub fn predict_parallel(
     model: &Model,
     inputs: &[&ModelInput],
     seeds: &[u64],

@@ -1,10 +1,12 @@
 //! `flowcast demo`: a synthetic application on loopback and the real sidecar scraping it.
 //!
-//! Owns the synthetic traffic (a daily cycle, noise and bursts, per route) and the seeding
-//! of the past hours (history, and the forecasts the engine would have made over them), so
-//! that forecasts and the page's track record are there within seconds. Everything
-//! after seeding is the live sidecar unchanged: real HTTP scrapes, real parsing, the same
-//! engine and server.
+//! Owns the synthetic traffic (per route: a daily cycle, quieter weekends, Poisson noise
+//! at the level of the counts, a slow drift and one burst a week) and the seeding of the
+//! past week (history, and every forecast the engine would have made over it, so the
+//! combination and the calibration have learnt what a week-old sidecar has), so that the
+//! page opens in the state of a sidecar that has run for a week. Everything after seeding
+//! is the live sidecar unchanged: real HTTP scrapes, real parsing, the same engine and
+//! server.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -23,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{DemoArgs, Failure};
 use crate::config::{Config, FileConfig};
 use crate::forecast::history::{MINUTE_SECONDS, STEP_SECONDS};
-use crate::forecast::model::{Model, ModelError};
+use crate::forecast::model::Model;
 use crate::host::clock::system_now;
 use crate::run::sidecar::{self, Sidecar};
 
@@ -31,23 +33,46 @@ use crate::run::sidecar::{self, Sidecar};
 pub const ROUTES: [(&str, f64); 2] = [("/api/orders", 40.0), ("/api/search", 15.0)];
 /// Share of requests answered with HTTP 500.
 const ERROR_SHARE: f64 = 0.05;
-/// Minutes of history seeded before the sidecar starts.
-pub const SEED_MINUTES: i64 = 4 * 60;
+/// Minutes of history seeded before the sidecar starts: a week.
+pub const SEED_MINUTES: i64 = 7 * 1440;
+/// The weekly burst: Wednesday (day 3 of the ISO week, UTC) from 15:00, 25 minutes.
+const BURST: (i64, i64, i64) = (3, 15 * 60, 25);
 
-/// The synthetic request rate (req/s) of `route` during unix minute `minute`:
-/// a daily cycle, ±15 % noise and a 5-minute burst (×2.5) in some 47-minute periods.
-pub fn rate(route: usize, minute: i64) -> f64 {
+/// The expected request rate (req/s) of `route` during unix minute `minute`: a daily
+/// cycle (two peaks, a route-dependent phase), weekends at two thirds, a slow drift of a
+/// few per cent and the weekly burst (×2.2, ramped over 5 minutes).
+pub fn expected_rate(route: usize, minute: i64) -> f64 {
     let (_, base) = ROUTES[route % ROUTES.len()];
-    let tod = minute.rem_euclid(1440) as f64 / 1440.0;
-    let daily = 1.0 + 0.6 * (std::f64::consts::TAU * (tod - 0.3)).sin();
-    let noise = 1.0 + 0.3 * (unit(minute as u64 ^ ((route as u64) << 40)) - 0.5);
-    let period = minute.div_euclid(47);
-    let burst = if unit(period as u64 ^ 0xB0B5) < 0.35 && minute.rem_euclid(47) < 5 {
-        2.5
+    let phase = 0.02 * route as f64;
+    let tod = minute.rem_euclid(1440) as f64 / 1440.0 - phase;
+    let tau = std::f64::consts::TAU;
+    let daily = 1.0 + 0.55 * (tau * (tod - 0.3)).sin() + 0.15 * (2.0 * tau * (tod - 0.1)).sin();
+    // 1970-01-01 was a Thursday: ISO weekday 1 = Monday … 7 = Sunday.
+    let weekday = (minute.div_euclid(1440) + 3).rem_euclid(7) + 1;
+    let weekend = if weekday >= 6 { 0.65 } else { 1.0 };
+    // Slow drift: smooth noise on 2-hour knots, interpolated.
+    let knot = minute.div_euclid(120);
+    let w = minute.rem_euclid(120) as f64 / 120.0;
+    let k = |i: i64| unit(i as u64 ^ ((route as u64) << 48) ^ 0xD41F) - 0.5;
+    let drift = 1.0 + 0.08 * ((1.0 - w) * k(knot) + w * k(knot + 1));
+    let into_burst = minute.rem_euclid(1440) - BURST.1;
+    let burst = if weekday == BURST.0 && (0..BURST.2).contains(&into_burst) {
+        1.0 + 1.2 * ((into_burst + 1) as f64 / 5.0).min(1.0)
     } else {
         1.0
     };
-    base * daily * noise * burst
+    base * daily * weekend * drift * burst
+}
+
+/// The synthetic request rate (req/s) of `route` during unix minute `minute`: the requests
+/// of that minute, Poisson around [`expected_rate`] (a normal approximation, exact enough at
+/// hundreds of requests a minute), divided by 60.
+pub fn rate(route: usize, minute: i64) -> f64 {
+    let mean = expected_rate(route, minute) * 60.0;
+    let seed = minute as u64 ^ ((route as u64) << 40);
+    let (u1, u2) = (unit(seed).max(1e-12), unit(seed ^ 0x5EED_0F_CAFE));
+    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+    (mean + mean.sqrt() * z).round().max(0.0) / 60.0
 }
 
 /// A deterministic uniform number in [0, 1) from `x` (splitmix64).
@@ -129,30 +154,118 @@ pub fn config(app: SocketAddr, listen: SocketAddr) -> Result<Config, crate::conf
     .validate()
 }
 
-/// Minutes of past forecasts replayed before the sidecar starts: the web page's track
-/// record (3 hours of steps and the 15 minutes ahead of the oldest).
-pub const TRACK_SEED_MINUTES: i64 = 3 * 60 + 15;
+/// Minutes of past forecasts published to the page before the sidecar starts: its 24-hour
+/// view and the 15 minutes ahead of the oldest step.
+pub const TRACK_SEED_MINUTES: i64 = 24 * 60 + 15;
+/// Minutes of history before the first seeded forecast (the model's 3-hour window).
+const WARM_MINUTES: i64 = 3 * 60;
 
-/// Seeds the sidecar as if it had run for the last hours: records the synthetic rates of
-/// the `SEED_MINUTES + TRACK_SEED_MINUTES` minutes before `now`, minute by minute, and runs
-/// the engine at every 5-minute origin of the last `TRACK_SEED_MINUTES`, publishing each
-/// tick as the live loop would. So the history holds `SEED_MINUTES` at the end, the
-/// calibration has learnt from those ticks, and the page has a track record at once.
-pub fn seed_history(sidecar: &mut Sidecar, now: f64) -> Result<(), ModelError> {
+/// What the seeded week looked like, for the banner (and the note).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seeded {
+    /// Forecast ticks run.
+    pub ticks: usize,
+    /// 5-minute-ahead bands judged against the step they forecast.
+    pub judged: usize,
+    /// Share of those steps inside their band.
+    pub coverage: f64,
+    /// Median band width over the step's value.
+    pub median_width: f64,
+}
+
+/// Seeds the sidecar as if it had run for the last week: records the synthetic rates of
+/// the `SEED_MINUTES` minutes before `now`, minute by minute, and runs the engine at every
+/// 5-minute origin after the first 3 hours, as the live loop would (in batches of origins,
+/// as `backtest` does: the same engine, the same results). The ticks of the last
+/// `TRACK_SEED_MINUTES` are published, so the page has a day of track record at once; the
+/// combination and the calibration have learnt from all of them.
+pub fn seed_history(
+    sidecar: &mut Sidecar,
+    now: f64,
+) -> Result<Seeded, crate::evidence::backtest::BacktestError> {
     let now_minute = (now / MINUTE_SECONDS as f64).floor() as i64;
-    let replay_from = now_minute - TRACK_SEED_MINUTES;
+    let first = now_minute - SEED_MINUTES;
     let keys: Vec<Vec<String>> = ROUTES.iter().map(|(r, _)| vec![(*r).to_string()]).collect();
-    for m in replay_from - SEED_MINUTES..now_minute {
+    let origins: Vec<i64> = (first + WARM_MINUTES..now_minute)
+        .map(|m| m * MINUTE_SECONDS)
+        .filter(|t| t % STEP_SECONDS == 0)
+        .collect();
+    let publish_from = (now_minute - TRACK_SEED_MINUTES) * MINUTE_SECONDS;
+    let passes = sidecar.engine.settings().mc_passes;
+    // The shipped band (`combined`) learns from the combination's errors and not from the
+    // spread of the Monte-Carlo passes, so ticks the page never shows need only 2 of them:
+    // the state they leave is the same, and start-up stays under 2 s. Other bands use u1
+    // and get every pass.
+    let hidden_passes =
+        if sidecar.engine.settings().band == crate::forecast::band::BandMode::Combined {
+            passes.min(2)
+        } else {
+            passes
+        };
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut next = first;
+    let (mut judged, mut inside, mut widths) = (0usize, 0usize, Vec::new());
+    for chunk in origins.chunks(64) {
+        let mut prepared = Vec::with_capacity(chunk.len());
+        for &origin in chunk {
+            while next * MINUTE_SECONDS < origin {
+                for (i, key) in keys.iter().enumerate() {
+                    sidecar.engine.record_rate(key, next, rate(i, next));
+                }
+                next += 1;
+            }
+            prepared.push(sidecar.engine.prepare(origin));
+        }
+        let (inputs, seeds): (Vec<_>, Vec<_>) = prepared.iter().map(|p| p.inputs()).unzip();
+        let counts: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        let outputs = crate::evidence::backtest::predict_parallel(
+            sidecar.engine.model(),
+            &inputs.concat(),
+            &seeds.concat(),
+            if chunk[chunk.len() - 1] < publish_from {
+                hidden_passes
+            } else {
+                passes
+            },
+            threads,
+        )?;
+        let mut at = 0;
+        for (p, n) in prepared.into_iter().zip(counts) {
+            let report = sidecar.engine.finish(p, &outputs[at..at + n]);
+            at += n;
+            // The 5-minute band against the step it forecasts (its peak 1-minute rate).
+            for s in &report.series {
+                let (Some(f), Some(i)) = (&s.forecast, keys.iter().position(|k| *k == s.key))
+                else {
+                    continue;
+                };
+                let m0 = report.origin / MINUTE_SECONDS;
+                if m0 + 5 > now_minute {
+                    continue;
+                }
+                let peak = (m0..m0 + 5).map(|m| rate(i, m)).fold(0.0, f64::max);
+                let band = &f.horizons[0];
+                judged += 1;
+                inside += usize::from(band.lower <= peak && peak <= band.upper);
+                widths.push((band.upper - band.lower) / peak.max(1e-9));
+            }
+            if report.origin >= publish_from {
+                sidecar.shared.publish(report);
+            }
+        }
+    }
+    for m in next..now_minute {
         for (i, key) in keys.iter().enumerate() {
             sidecar.engine.record_rate(key, m, rate(i, m));
         }
-        let end = (m + 1) * MINUTE_SECONDS;
-        if m + 1 > replay_from && end % STEP_SECONDS == 0 && end < now_minute * MINUTE_SECONDS {
-            let report = sidecar.engine.tick(end)?;
-            sidecar.shared.publish(report);
-        }
     }
-    Ok(())
+    widths.sort_by(f64::total_cmp);
+    Ok(Seeded {
+        ticks: origins.len(),
+        judged,
+        coverage: inside as f64 / judged.max(1) as f64,
+        median_width: widths.get(widths.len() / 2).copied().unwrap_or(f64::NAN),
+    })
 }
 
 /// Runs the demo until `shutdown`: binds the app on an ephemeral loopback port and the
@@ -166,20 +279,30 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Res
     let listen = listener.local_addr()?;
     let config = config(app_addr, listen)?;
     let now = system_now();
-    let from = (now / 60.0).floor() as i64 - SEED_MINUTES;
+    // The app's counters start an hour before now (their level does not matter, only
+    // their increases, which are the seeded rates).
+    let from = (now / 60.0).floor() as i64 - 60;
     let model = Arc::new(Model::load(&config.model)?);
     let mut sidecar = Sidecar::new(&config, model)?;
     // The replay is inference: off the runtime's workers.
-    let sidecar =
-        tokio::task::spawn_blocking(move || seed_history(&mut sidecar, now).map(|()| sidecar))
-            .await??;
+    let started = std::time::Instant::now();
+    let (sidecar, seeded) = tokio::task::spawn_blocking(move || {
+        seed_history(&mut sidecar, now).map(|seeded| (sidecar, seeded))
+    })
+    .await??;
+    let seed_seconds = started.elapsed().as_secs_f64();
     let app = tokio::spawn(serve_app(app_listener, from, shutdown.clone()));
     // A closed stdout (a pipe whose reader went away) must not stop the demo.
     let banner = format!(
         "flowcast demo\n  synthetic app:  http://{app_addr}/metrics\n  web page:       http://{listen}/\n  \
          metrics:        http://{listen}/metrics\n  forecast JSON:  http://{listen}/api/v1/forecast\n  \
          health:         http://{listen}/healthz  http://{listen}/readyz\n\
-         forecasts for horizons 5m, 10m and 15m are ready within seconds; Ctrl-C stops.\n"
+         seeded a week of traffic in {seed_seconds:.1} s: {} forecast ticks; the 5-minute band held {:.1} % of {} steps, median width {:.0} % of the rate.\n\
+         forecasts for horizons 5m, 10m and 15m are ready now; Ctrl-C stops.\n",
+        seeded.ticks,
+        100.0 * seeded.coverage,
+        seeded.judged,
+        100.0 * seeded.median_width
     );
     {
         use std::io::Write as _;
@@ -208,17 +331,48 @@ pub fn command(args: &DemoArgs) -> Result<(), Failure> {
 mod tests {
     use super::*;
 
+    /// A daily cycle, quieter weekends, Poisson noise at the counts' level, and exactly one
+    /// burst in any week.
     #[test]
-    fn synthetic_traffic_has_a_cycle_noise_and_bursts() {
-        let rates: Vec<f64> = (0..1440).map(|m| rate(0, m)).collect();
+    fn synthetic_traffic_has_a_cycle_weekends_noise_and_one_burst_a_week() {
+        // 2023-11-13 00:00 UTC was a Monday.
+        let monday = 1_699_833_600 / 60;
+        let day = |d: i64| -> f64 {
+            (0..1440)
+                .map(|m| expected_rate(0, monday + 1440 * d + m))
+                .sum::<f64>()
+                / 1440.0
+        };
+        let rates: Vec<f64> = (0..1440)
+            .map(|m| expected_rate(0, monday + 1440 + m))
+            .collect();
         let max = rates.iter().copied().fold(0.0, f64::max);
         let min = rates.iter().copied().fold(f64::MAX, f64::min);
-        assert!(min > 0.0 && max / min > 3.0, "{min} .. {max}");
-        assert_ne!(rate(0, 10), rate(0, 11));
+        assert!(min > 0.0 && max / min > 3.0, "daily cycle {min} .. {max}");
         assert!(
-            (0..1440).any(|m| rate(0, m) > 2.0 * rate(0, m - 6).max(rate(0, m + 6))),
-            "bursts"
+            day(5) < 0.75 * day(1) && day(6) < 0.75 * day(1),
+            "weekends are quieter"
         );
+        // Poisson: the per-minute counts scatter around their mean with variance ≈ mean.
+        let (mut z2, mut n) = (0.0, 0.0);
+        for m in 0..5 * 1440 {
+            let minute = monday + m;
+            let mean = expected_rate(0, minute) * 60.0;
+            z2 += (rate(0, minute) * 60.0 - mean).powi(2) / mean;
+            n += 1.0;
+        }
+        assert!((z2 / n - 1.0).abs() < 0.1, "dispersion {}", z2 / n);
+        // One burst in any 7 days (minutes well above twice those 30 minutes away).
+        for start in [monday, monday + 2_000, monday + 7_777] {
+            let bursts = (start..start + 7 * 1440)
+                .filter(|&m| {
+                    expected_rate(0, m)
+                        > 1.8 * expected_rate(0, m - 30).max(expected_rate(0, m + 30))
+                })
+                .map(|m| m / 1440)
+                .collect::<std::collections::BTreeSet<_>>();
+            assert_eq!(bursts.len(), 1, "from {start}: {bursts:?}");
+        }
     }
 
     /// Seeding leaves the history full and a track record of three hours: every past step
@@ -230,7 +384,7 @@ mod tests {
         let model = Arc::new(crate::forecast::model::Model::embedded().expect("model"));
         let mut sidecar = Sidecar::new(&config, model).expect("sidecar");
         let now = 1_700_000_030.0;
-        seed_history(&mut sidecar, now).expect("seeded");
+        let seeded = seed_history(&mut sidecar, now).expect("seeded");
         let origin = sidecar.shared.latest().origin;
         assert_eq!(
             origin,
@@ -246,9 +400,19 @@ mod tests {
             assert!(past.iter().all(|s| s.observed.is_some()), "{route}");
             for h in 0..3 {
                 let banded = past.iter().filter(|s| s.bands[h].is_some()).count();
-                assert!(banded >= 33, "{route}: {banded} steps with a {h} band");
+                assert!(
+                    banded >= crate::serve::track::TRACK_STEPS - 3,
+                    "{route}: {banded} steps with a {h} band"
+                );
             }
         }
+        // A week of ticks, calibrated: the 5-minute band holds about 95 % of the steps.
+        assert!(seeded.ticks > 1_900, "{seeded:?}");
+        assert!(seeded.judged >= 2 * (seeded.ticks - 1), "{seeded:?}");
+        assert!(
+            (0.90..=0.98).contains(&seeded.coverage),
+            "coverage over the seeded week {seeded:?}"
+        );
     }
 
     #[test]

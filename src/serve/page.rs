@@ -1,5 +1,6 @@
-//! The live web page at `/`: per series, the last three hours of observed steps with the
-//! band forecast for each of them 5, 10 and 15 minutes earlier (the track record), marks
+//! The live web page at `/`: per series, the last three hours (or, at `/?hours=24`, the last
+//! day) of observed steps with the band forecast for each of them 5, 10 and 15 minutes
+//! earlier (the track record), marks
 //! where traffic left its band, the band for the next 15 minutes, a y-axis in req/s, the
 //! coverage per horizon and, with `replica_capacity`, the recommended replicas.
 //!
@@ -14,10 +15,47 @@ use crate::forecast::history::STEP_SECONDS;
 use crate::serve::chart::{escape, utc, Chart};
 use crate::serve::metrics::HORIZONS;
 use crate::serve::shared::{capacity_signals, SeriesReport, Shared, TickReport};
-use crate::serve::track::{coverage, TrackStep, TRACK_STEPS};
+use crate::serve::track::{coverage, TrackStep, SHORT_VIEW_STEPS, TRACKED_SERIES, TRACK_STEPS};
 
 /// Series drawn at most; the page says how many more there are.
-pub const MAX_SERIES: usize = 100;
+pub const MAX_SERIES: usize = TRACKED_SERIES;
+
+/// How much of the track record the page shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum View {
+    /// The last 3 hours (`/`).
+    #[default]
+    Hours3,
+    /// The last 24 hours (`/?hours=24`).
+    Hours24,
+}
+
+impl View {
+    /// The view a request's query string asks for (`hours=24`); anything else is 3 hours.
+    pub fn from_query(query: Option<&str>) -> Self {
+        let day = query.is_some_and(|q| {
+            url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "hours" && v == "24")
+        });
+        if day {
+            Self::Hours24
+        } else {
+            Self::Hours3
+        }
+    }
+
+    /// Past steps drawn.
+    pub fn steps(self) -> usize {
+        match self {
+            Self::Hours3 => SHORT_VIEW_STEPS,
+            Self::Hours24 => TRACK_STEPS,
+        }
+    }
+
+    /// Hours drawn.
+    fn hours(self) -> usize {
+        self.steps() * STEP_SECONDS as usize / 3600
+    }
+}
 /// Size of each chart (the browser test checks points against it).
 pub const CHART: (f64, f64) = (720.0, 200.0);
 /// Colours: observed line, forecast mean, the band ahead, past bands, misses.
@@ -28,7 +66,7 @@ const PAST: &str = "#4a7fc1";
 const MISS: &str = "#d62828";
 
 /// The page for the latest tick.
-pub fn render(shared: &Shared, report: &TickReport) -> String {
+pub fn render(shared: &Shared, report: &TickReport, view: View) -> String {
     let shown = &report.series[..report.series.len().min(MAX_SERIES)];
     let tracks: Vec<Vec<TrackStep>> = {
         let book = shared.track();
@@ -48,11 +86,26 @@ pub fn render(shared: &Shared, report: &TickReport) -> String {
          <span style=\"background:#d62828;width:.7em;border-radius:50%\"></span>outside its 5-min band\
          <span style=\"background:#f4a261;opacity:.6\"></span>band for the next 15 min</p>",
     );
+    // The two views, as plain links (the page has no scripts).
+    let link = |v: View, href: &str| {
+        if v == view {
+            format!("<b>last {} hours</b>", v.hours())
+        } else {
+            format!("<a href=\"{href}\">last {} hours</a>", v.hours())
+        }
+    };
+    let _ = write!(
+        html,
+        "<p class=\"k\" id=\"views\" data-hours=\"{}\">show: {} · {}</p>",
+        view.hours(),
+        link(View::Hours3, "/"),
+        link(View::Hours24, "/?hours=24")
+    );
     if report.series.is_empty() {
         html.push_str("<p>No series yet: waiting for the first scrape.</p>");
     }
     for (s, track) in shown.iter().zip(&tracks) {
-        series_section(&mut html, shared, report.origin, s, track);
+        series_section(&mut html, shared, report.origin, s, track, view);
     }
     if report.series.len() > shown.len() {
         let _ = write!(
@@ -79,15 +132,17 @@ fn series_section(
     origin: i64,
     s: &SeriesReport,
     track: &[TrackStep],
+    view: View,
 ) {
     let name = std::iter::once(shared.series_name.as_str())
         .chain(s.key.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(" / ");
-    // The past: steps that ended by the origin.
+    // The past: steps that ended by the origin, as many as the view shows.
+    let from = origin - STEP_SECONDS * view.steps() as i64;
     let past: Vec<&TrackStep> = track
         .iter()
-        .filter(|t| t.start + STEP_SECONDS <= origin)
+        .filter(|t| t.start + STEP_SECONDS <= origin && t.start >= from)
         .collect();
     let held = coverage(&past.iter().map(|t| **t).collect::<Vec<_>>());
     let _ = write!(
@@ -130,12 +185,12 @@ fn series_section(
                 .join(" · ")
         );
     }
-    html.push_str(&chart(origin, s, &past));
+    html.push_str(&chart(origin, s, &past, view));
     html.push_str("</div>");
 }
 
 /// The chart of one series: past bands, observed line, misses, the band ahead.
-fn chart(origin: i64, s: &SeriesReport, past: &[&TrackStep]) -> String {
+fn chart(origin: i64, s: &SeriesReport, past: &[&TrackStep], view: View) -> String {
     // Observed steps: the track record's (on the 5-minute grid); before the first grid
     // tick, the latest tick's own window.
     let mut observed: Vec<(i64, Option<f64>)> = past
@@ -174,7 +229,7 @@ fn chart(origin: i64, s: &SeriesReport, past: &[&TrackStep]) -> String {
         )
         .chain(ahead.iter().map(|a| a.3))
         .fold(0.0f64, f64::max);
-    let t0 = origin - STEP_SECONDS * TRACK_STEPS as i64;
+    let t0 = origin - STEP_SECONDS * view.steps() as i64;
     let t1 = origin + STEP_SECONDS * HORIZON_STEPS as i64;
     let mut c = Chart::new(CHART.0, CHART.1, t0, t1, y_max);
     // Widest (15 min ahead) first, so the nearer bands draw over it.
@@ -293,7 +348,7 @@ mod tests {
             shared.publish(tick(g + 300 * k, 40.0));
         }
         shared.publish(tick(g + 300 * 12, 60.0));
-        let html = render(&shared, &shared.latest());
+        let html = render(&shared, &shared.latest(), View::Hours3);
         for class in ["past5m", "past10m", "past15m", "band", "mean", "observed"] {
             assert!(
                 html.contains(&format!("<path class=\"{class}\" d=\"M")),
@@ -319,6 +374,53 @@ mod tests {
         );
     }
 
+    /// `/?hours=24` asks for the day view; anything else is the 3-hour one. Each view
+    /// links to the other and draws its own time span.
+    #[test]
+    fn the_page_has_a_3_hour_and_a_24_hour_view() {
+        assert_eq!(View::from_query(Some("hours=24")), View::Hours24);
+        assert_eq!(View::from_query(Some("a=1&hours=24")), View::Hours24);
+        for q in [
+            None,
+            Some(""),
+            Some("hours=3"),
+            Some("hours=240"),
+            Some("hours"),
+        ] {
+            assert_eq!(View::from_query(q), View::Hours3, "{q:?}");
+        }
+        let shared = Shared::new(
+            Metrics::new("flowcast", &[]).expect("metrics"),
+            "api".into(),
+            vec!["route".into()],
+        );
+        let g = 1_700_000_100;
+        for k in 0..300 {
+            shared.publish(tick(g + 300 * k, 40.0));
+        }
+        let short = render(&shared, &shared.latest(), View::Hours3);
+        let day = render(&shared, &shared.latest(), View::Hours24);
+        assert!(
+            short.contains("data-hours=\"3\"")
+                && short.contains("<a href=\"/?hours=24\">last 24 hours</a>")
+        );
+        assert!(
+            day.contains("data-hours=\"24\"") && day.contains("<a href=\"/\">last 3 hours</a>")
+        );
+        // The day view draws eight times the steps: count the observed line's vertices.
+        let vertices = |html: &str| {
+            let at = html
+                .find("<path class=\"observed\" d=\"")
+                .expect("observed line");
+            let d = &html[at..];
+            d[..d.find("\"/>").expect("end")]
+                .matches(['M', 'L'])
+                .count()
+        };
+        assert_eq!(vertices(&short), SHORT_VIEW_STEPS);
+        assert_eq!(vertices(&day), TRACK_STEPS);
+    }
+
     #[test]
     fn an_empty_report_says_so() {
         let shared = Shared::new(
@@ -326,7 +428,7 @@ mod tests {
             "api".into(),
             Vec::new(),
         );
-        let html = render(&shared, &TickReport::default());
+        let html = render(&shared, &TickReport::default(), View::Hours3);
         assert!(html.contains("No series yet"));
     }
 }

@@ -354,6 +354,7 @@ fn route(
                 Response::new(Chunks::from(crate::serve::page::render(
                     shared,
                     &shared.latest(),
+                    crate::serve::page::View::from_query(req.uri().query()),
                 ))),
                 "text/html; charset=utf-8",
             ),

@@ -1,11 +1,13 @@
-//! The track record the web page draws: for each series, the last three hours of observed
-//! 5-minute steps and the band forecast for each of them 5, 10 and 15 minutes earlier.
+//! The track record the web page draws: for each series it can draw, the last 24 hours of
+//! observed 5-minute steps and the band forecast for each of them 5, 10 and 15 minutes
+//! earlier (the page shows the last 3 or the last 24 hours of it).
 //!
-//! Owns a fixed ring per series (39 steps of `f32`: 36 past steps and the 3 forecast
-//! ahead), fed from the ticks on the 5-minute grid (the origins the calibration learns
-//! from too) and read by the page. Memory is fixed per series and does not grow with
-//! uptime; a series that leaves the tick report leaves the book. Never touches the engine:
-//! it only reads [`TickReport`]s. Pure and synchronous.
+//! Owns a fixed ring per series (291 steps of `f32`: 288 past steps and the 3 forecast
+//! ahead, 8 kB), fed from the ticks on the 5-minute grid (the origins the calibration learns
+//! from too) and read by the page. Only the first [`TRACKED_SERIES`] series of a tick (the
+//! ones the page draws) are held, so the book stays under 1 MB whatever the series count;
+//! memory does not grow with uptime; a series that leaves the tick report leaves the book.
+//! Never touches the engine: it only reads [`TickReport`]s. Pure and synchronous.
 
 use std::collections::HashMap;
 
@@ -13,8 +15,12 @@ use crate::forecast::features::{HORIZON_STEPS, WINDOW_STEPS};
 use crate::forecast::history::STEP_SECONDS;
 use crate::forecast::tick::TickReport;
 
-/// Past steps kept (3 hours).
-pub const TRACK_STEPS: usize = WINDOW_STEPS;
+/// Past steps kept (24 hours).
+pub const TRACK_STEPS: usize = 288;
+/// Past steps of the page's short view (3 hours, the model's window).
+pub const SHORT_VIEW_STEPS: usize = WINDOW_STEPS;
+/// Series held: the first of each tick's report, as many as the page draws.
+pub const TRACKED_SERIES: usize = 100;
 /// Slots per series: the past steps and the steps forecast ahead.
 const SLOTS: usize = TRACK_STEPS + HORIZON_STEPS;
 
@@ -172,7 +178,8 @@ impl TrackBook {
         if report.origin.rem_euclid(STEP_SECONDS) != 0 {
             return;
         }
-        for s in &report.series {
+        let tracked = &report.series[..report.series.len().min(TRACKED_SERIES)];
+        for s in tracked {
             let bands = s
                 .forecast
                 .as_ref()
@@ -183,9 +190,9 @@ impl TrackBook {
             };
             record.record(report.origin, &s.recent_steps, bands);
         }
-        if self.records.len() > report.series.len() {
+        if self.records.len() > tracked.len() {
             let keep: std::collections::HashSet<&Vec<String>> =
-                report.series.iter().map(|s| &s.key).collect();
+                tracked.iter().map(|s| &s.key).collect();
             self.records.retain(|k, _| keep.contains(k));
         }
     }
@@ -306,23 +313,26 @@ mod tests {
     fn the_ring_is_bounded_and_follows_the_series() {
         let mut book = TrackBook::default();
         let g = 1_700_000_100;
-        for k in 0..100 {
+        let n = 400;
+        for k in 0..n {
             book.record(&report(g + 300 * k, "a", k as f64, k % 2 == 0));
         }
+        let last = n - 1;
         let steps = book.get(&["a".to_string()]).expect("a").steps();
         assert_eq!(steps.len(), SLOTS);
-        assert_eq!(steps[0].start, g + 300 * (99 - 36));
-        assert_eq!(steps[SLOTS - 1].start, g + 300 * (99 + 2));
-        // Tick 99 had no forecast: the steps it would have forecast hold only older bands.
+        assert_eq!(steps[0].start, g + 300 * (last - TRACK_STEPS as i64));
+        assert_eq!(steps[SLOTS - 1].start, g + 300 * (last + 2));
+        // The last tick had no forecast: the steps it would have forecast hold only older
+        // bands.
         assert_eq!(steps[SLOTS - 1].bands, [None; 3]);
-        assert!(steps[SLOTS - 2].bands[2].is_some(), "from tick 98");
-        book.record(&report(g + 300 * 100, "b", 1.0, true));
+        assert!(steps[SLOTS - 2].bands[2].is_some(), "from the tick before");
+        book.record(&report(g + 300 * n, "b", 1.0, true));
         assert_eq!(book.len(), 1);
         assert!(book.get(&["a".to_string()]).is_none());
     }
 
-    /// The bytes per series of 10,000 series (printed for BENCHMARKS.md): fixed, about
-    /// 1.2 kB, whatever the uptime.
+    /// The bytes of 10,000 series (printed for BENCHMARKS.md): only the 100 the page draws
+    /// are held, about 8 kB each, whatever the uptime.
     #[test]
     fn ten_thousand_series_stay_cheap() {
         let mut book = TrackBook::default();
@@ -346,13 +356,20 @@ mod tests {
             book.record(&tick);
         }
         let per_series = book.bytes_per_series();
-        eprintln!("track record: {per_series:.0} bytes per series at 10,000 series");
+        assert_eq!(book.len(), TRACKED_SERIES, "only the series the page draws");
+        let total = per_series * book.len() as f64;
+        eprintln!(
+            "track record: {per_series:.0} bytes per series, {total:.0} bytes at 10,000 series"
+        );
         assert_eq!(first, per_series, "no growth with uptime");
-        assert!(per_series < 1_500.0, "{per_series} bytes per series");
+        assert!(total < 1_000_000.0, "{total} bytes");
         assert_eq!(
             std::mem::size_of::<Slot>() * SLOTS,
-            39 * 28,
-            "7 f32 per step, 39 steps"
+            291 * 28,
+            "7 f32 per step, 291 steps"
         );
+        // The first series of the report are the ones held.
+        assert!(book.get(&["/route/0".to_string()]).is_some());
+        assert!(book.get(&["/route/100".to_string()]).is_none());
     }
 }

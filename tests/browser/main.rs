@@ -59,7 +59,7 @@ async fn chromium_renders_the_chart_of_every_series() {
 
     let dir = TempDir::new("flowcast-browser");
     let screenshot = dir.0.join("web-page.png");
-    let (dom, shot) = tokio::task::spawn_blocking({
+    let (dom, shot, day_dom, day_shot) = tokio::task::spawn_blocking({
         let (chromium, dir, url, screenshot) = (
             chromium.clone(),
             dir.0.clone(),
@@ -83,7 +83,24 @@ async fn chromium_renders_the_chart_of_every_series() {
                 &[format!("--screenshot={}", screenshot.display())],
                 &url,
             );
-            (dom, shot)
+            // The 24-hour view of the same page.
+            let day_url = format!("{url}?hours=24");
+            let day_dom = chromium_run(
+                &chromium,
+                &dir.join("profile-day-dom"),
+                &["--dump-dom".to_string()],
+                &day_url,
+            );
+            let day_shot = chromium_run(
+                &chromium,
+                &dir.join("profile-day-shot"),
+                &[format!(
+                    "--screenshot={}",
+                    dir.join("web-page-24h.png").display()
+                )],
+                &day_url,
+            );
+            (dom, shot, day_dom, day_shot)
         }
     })
     .await
@@ -94,8 +111,26 @@ async fn chromium_renders_the_chart_of_every_series() {
     );
 
     check_dom(&dom.stdout);
-    check_track_record(&dom.stdout);
+    // 3 hours: 36 steps, upper and lower edges, a polygon of about 72 points.
+    check_track_record(&dom.stdout, 60..=80);
     assert_eq!(console_messages(&dom.stderr), Vec::<String>::new());
+    assert!(dom.stdout.contains("data-hours=\"3\""), "the 3-hour view");
+    assert!(dom
+        .stdout
+        .contains("<a href=\"/?hours=24\">last 24 hours</a>"));
+    // 24 hours, from the demo's seeded week: 288 steps, about 576 points per band.
+    check_dom(&day_dom.stdout);
+    check_track_record(&day_dom.stdout, 540..=600);
+    assert!(
+        day_dom.stdout.contains("data-hours=\"24\""),
+        "the 24-hour view"
+    );
+    assert!(day_dom.stdout.contains("<a href=\"/\">last 3 hours</a>"));
+    let day_png = std::fs::read(dir.0.join("web-page-24h.png"))
+        .unwrap_or_else(|e| panic!("no 24-hour screenshot ({e}); stderr:\n{}", day_shot.stderr));
+    // The next 15 minutes take 15 / (24 h + 15 min) of the day view's width, 15 / 195 of
+    // the 3-hour one's.
+    check_screenshot(&day_png, 195.0 / (24.0 * 60.0 + 15.0));
     let png = std::fs::read(&screenshot).unwrap_or_else(|e| {
         panic!(
             "chromium wrote no screenshot at {} ({e}); stderr:\n{}",
@@ -103,11 +138,13 @@ async fn chromium_renders_the_chart_of_every_series() {
             shot.stderr
         )
     });
-    check_screenshot(&png);
+    check_screenshot(&png, 1.0);
     if std::env::var_os("FLOWCAST_WRITE_SCREENSHOT").is_some_and(|v| v == "1") {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
         std::fs::create_dir_all(&docs).expect("create docs/");
         std::fs::write(docs.join("web-page.png"), &png).expect("write docs/web-page.png");
+        std::fs::write(docs.join("web-page-24h.png"), &day_png)
+            .expect("write docs/web-page-24h.png");
         eprintln!(
             "wrote docs/web-page.png ({} bytes, {}x{})",
             png.len(),
@@ -320,9 +357,10 @@ fn check_dom(dom: &str) {
 }
 
 /// Issue #16: each series' chart draws the bands forecast 5, 10 and 15 minutes before each
-/// past step (about three hours of them, the demo's seeded track record) over a y-axis
-/// labelled in req/s, and the page states the coverage per horizon and the replicas.
-fn check_track_record(dom: &str) {
+/// past step (3 or 24 hours of them, from the demo's seeded week; `points` is the range of
+/// polygon points per band) over a y-axis labelled in req/s, and the page states the
+/// coverage per horizon and the replicas.
+fn check_track_record(dom: &str, expected: std::ops::RangeInclusive<usize>) {
     for route in ROUTES {
         let heading = format!("<h2>{SERIES} / {route}</h2>");
         let start = dom.find(&heading).expect("section");
@@ -333,10 +371,9 @@ fn check_track_record(dom: &str) {
                 .unwrap_or_else(|| panic!("{route}: no past band {class}:\n{section}"));
             let points =
                 points(&d).unwrap_or_else(|| panic!("{route}: {class} path has malformed d={d:?}"));
-            // 36 steps, upper and lower edges: a polygon of about 72 points.
             assert!(
-                points.len() >= 60,
-                "{route}: {class} has {} points",
+                expected.contains(&points.len()),
+                "{route}: {class} has {} points, not {expected:?}",
                 points.len()
             );
             for (x, y) in points {
@@ -406,7 +443,10 @@ fn points(d: &str) -> Option<Vec<(f64, f64)>> {
 
 /// The screenshot is a PNG of the window's size, not blank, with the chart's three
 /// colours painted on enough pixels to be lines and a band rather than stray pixels.
-fn check_screenshot(png: &[u8]) {
+/// `ahead` is the share of the chart's width the next 15 minutes take (1 for the 3-hour
+/// view, about 1/8 for the 24-hour one), which scales what the mean line and the band ahead
+/// must cover.
+fn check_screenshot(png: &[u8], ahead: f64) {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().expect("the screenshot is a PNG");
@@ -442,8 +482,8 @@ fn check_screenshot(png: &[u8]) {
     // Each line is 2 px wide and crosses a good part of two charts; the band is an area.
     for (what, rgb, min) in [
         ("observed line", OBSERVED_RGB, 1000),
-        ("mean line", MEAN_RGB, 10),
-        ("band", BAND_RGB, 200),
+        ("mean line", MEAN_RGB, (10.0 * ahead).ceil() as usize),
+        ("band", BAND_RGB, (200.0 * ahead).ceil() as usize),
         ("past bands", PAST_RGB, 1000),
     ] {
         let n = near(rgb);
