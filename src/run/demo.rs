@@ -70,7 +70,7 @@ pub fn expected_rate(route: usize, minute: i64) -> f64 {
 pub fn rate(route: usize, minute: i64) -> f64 {
     let mean = expected_rate(route, minute) * 60.0;
     let seed = minute as u64 ^ ((route as u64) << 40);
-    let (u1, u2) = (unit(seed).max(1e-12), unit(seed ^ 0x5EED_0F_CAFE));
+    let (u1, u2) = (unit(seed).max(1e-12), unit(seed ^ 0x005E_ED0F_CAFE));
     let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
     (mean + mean.sqrt() * z).round().max(0.0) / 60.0
 }

@@ -62,6 +62,20 @@ fn run(args: &[&str]) -> (Output, Duration) {
     (out, started.elapsed())
 }
 
+/// `backtest --data DATA --out OUT` with `extra`, which must succeed; how long it took.
+fn run_data(data: &Path, out: &Path, extra: &[&str]) -> Duration {
+    let mut args = vec![
+        "--data",
+        data.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ];
+    args.extend(extra);
+    let (done, took) = run(&args);
+    assert!(done.status.success(), "{}", text(&done));
+    took
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -226,17 +240,7 @@ async fn backtest_reads_prometheus_and_forecasts_as_the_csv_does() {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&truth, truth_csv + "\n").expect("truth");
-    let (out, csv_time) = run(&[
-        &[
-            "--data",
-            truth.to_str().expect("utf-8"),
-            "--out",
-            fc_csv.to_str().expect("utf-8"),
-        ],
-        &common[..],
-    ]
-    .concat());
-    assert!(out.status.success(), "{}", text(&out));
+    let csv_time = run_data(&truth, &fc_csv, &common);
     let (a, b) = (rows(&fc_prom), rows(&fc_csv));
     assert_eq!(a.len(), b.len());
     assert!(a.len() > 3 * 2000, "{} forecasts", a.len());
@@ -249,17 +253,7 @@ async fn backtest_reads_prometheus_and_forecasts_as_the_csv_does() {
             );
         }
     }
-    let (out, _) = run(&[
-        &[
-            "--data",
-            saved.to_str().expect("utf-8"),
-            "--out",
-            fc_saved.to_str().expect("utf-8"),
-        ],
-        &common[..],
-    ]
-    .concat());
-    assert!(out.status.success(), "{}", text(&out));
+    run_data(&saved, &fc_saved, &common);
     assert_eq!(
         std::fs::read(&fc_prom).expect("prom"),
         std::fs::read(&fc_saved).expect("saved"),

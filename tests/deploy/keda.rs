@@ -249,24 +249,25 @@ fn the_metrics_api_scaled_objects_are_valid_for_keda() {
 /// forecaster's Service, and that Service reaches the forecaster's pods on their port.
 #[test]
 fn the_metrics_api_scaled_objects_read_the_forecaster_service() {
-    check_metrics_api(
-        METRICS_API,
-        "json",
-        "/api/v1/forecast",
-        [
-            crate::keda_metrics_api::PREDICTIVE_LOCATION,
-            crate::keda_metrics_api::REACTIVE_LOCATION,
-        ],
-    );
-    check_metrics_api(
-        METRICS_API_PROMETHEUS,
-        "prometheus",
-        "/metrics",
-        [
-            crate::keda_metrics_api::PREDICTIVE_SELECTOR,
-            crate::keda_metrics_api::REACTIVE_SELECTOR,
-        ],
-    );
+    use crate::keda_metrics_api::{
+        PREDICTIVE_LOCATION, PREDICTIVE_SELECTOR, REACTIVE_LOCATION, REACTIVE_SELECTOR,
+    };
+    for (file, format, path, locations) in [
+        (
+            METRICS_API,
+            "json",
+            "/api/v1/forecast",
+            [PREDICTIVE_LOCATION, REACTIVE_LOCATION],
+        ),
+        (
+            METRICS_API_PROMETHEUS,
+            "prometheus",
+            "/metrics",
+            [PREDICTIVE_SELECTOR, REACTIVE_SELECTOR],
+        ),
+    ] {
+        check_metrics_api(file, format, path, locations);
+    }
     // The two files declare the same Service, so applying both is harmless.
     assert_eq!(
         object_of_kind(&yaml_file(METRICS_API), "Service"),
