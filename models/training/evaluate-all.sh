@@ -28,20 +28,27 @@ bin="$out/flowcast"
 folds="$root/models/training/folds.sh"
 eval_dir="$root/../shared/eval"
 
-# name|label|backtest flags|train.py flags. The first is what ships (the defaults). A
-# variant with train.py flags has fold models of its own (OUT_ROOT/<protocol>/models-<name>),
-# trained for the protocols in MODEL_VARIANT_PROTOCOLS (default: source only; each such
-# variant trains five more models, about 40 minutes).
+# name|label|backtest flags|train.py flags. The first is what ships (the defaults). Variants
+# with train.py flags have fold models of their own, shared by every variant with the same
+# flags (OUT_ROOT/<protocol>/models-<flags as a slug>), trained for the protocols in
+# MODEL_VARIANT_PROTOCOLS (default: source only; five more models per set of flags, about
+# 15-35 minutes).
 variants=(
   "combined|combined (shipped): network + 7 experts, u3 band||"
   "no-lstm|combined without the network|--experts persistence,holt,day_ago,week_ago,mean_1h,mean_3h,mean_1d|"
   "no-day-week|combined without the day- and week-ago experts|--experts lstm,persistence,holt,mean_1h,mean_3h,mean_1d|"
+  "pool5|combined, a 5-expert pool: network, persistence, Holt, day and week ago|--experts lstm,persistence,holt,day_ago,week_ago|"
   "combined-un3|combined, the study's u1+u2+u3 width (u1 in the band)|--band combined-un3|"
   "lstm|network alone, quantile heads + u1, calibrated|--band calibrated|"
   "lstm-gaussian|network alone, Gaussian head (u1+u2+u3), calibrated|--band calibrated-gaussian|"
   "un3|network alone, the study's UN3 (u1+u2+u3, z = 1.96)|--band un3|"
   "un2|network alone, the study's UN2 (u1+u2, z = 1.96)|--band un2|"
   "no-seasonal-inputs|combined, network trained without the seasonal inputs||--no-seasonal"
+  "no-seasonal-inputs-lstm|network alone (quantile band), trained without the seasonal inputs|--band calibrated|--no-seasonal"
+  "no-synthetic|combined, network trained without the synthetic series||--synthetic 0"
+  "no-synthetic-lstm|network alone (quantile band), trained without the synthetic series|--band calibrated|--synthetic 0"
+  "fullfit|combined, fold networks trained 25 epochs (best kept) as the shipped one||--max-epochs 25 --patience 25"
+  "fullfit-lstm|network alone (quantile band), fold networks trained 25 epochs|--band calibrated|--max-epochs 25 --patience 25"
 )
 python3 - "$out/variants.json" "${variants[@]}" <<'PY'
 import json, sys
@@ -56,7 +63,10 @@ for protocol in source series; do
     models="$out/$protocol/models"
     if [ -n "$train_flags" ]; then
       case " ${MODEL_VARIANT_PROTOCOLS:-source} " in *" $protocol "*) ;; *) continue ;; esac
-      models="$out/$protocol/models-$name"
+      models="$out/$protocol/models-$(echo "$train_flags" | tr -cs 'a-z0-9' '-' | sed 's/^-*//; s/-*$//')"
+      # A second variant with the same train.py flags reuses the first one's models.
+      [ -n "$(compgen -G "$models/*/flowcast.card.json")" ] && [ "$protocol/$train_flags" = "${trained:-}" ] && skip=1
+      trained="$protocol/$train_flags"
     elif [ "$name" != combined ]; then
       skip=1
     fi
