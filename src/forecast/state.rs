@@ -194,6 +194,27 @@ pub enum StateError {
 }
 
 impl StateError {
+    /// The bounded `reason` of `flowcast_state_failures_total` for a failed write: the
+    /// state directory is gone (`write_missing`), is not a directory
+    /// (`write_not_a_directory`), cannot be written (`write_permission`: permissions or a
+    /// read-only mount), is full (`write_no_space`: ENOSPC or a quota), or another error
+    /// (`write_io`).
+    pub fn write_reason(&self) -> &'static str {
+        use std::io::ErrorKind as K;
+        let StateError::Io { source, .. } = self else {
+            return "write_io";
+        };
+        match (source.kind(), source.raw_os_error()) {
+            (K::NotFound, _) | (_, Some(2)) => "write_missing",
+            (K::NotADirectory, _) | (_, Some(20)) => "write_not_a_directory",
+            (K::PermissionDenied | K::ReadOnlyFilesystem, _) | (_, Some(1 | 13 | 30)) => {
+                "write_permission"
+            }
+            (K::StorageFull | K::QuotaExceeded, _) | (_, Some(28 | 122)) => "write_no_space",
+            _ => "write_io",
+        }
+    }
+
     /// A short label for logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -369,6 +390,38 @@ mod tests {
     use super::*;
     use crate::forecast::history::RING_MINUTES;
     use proptest::prelude::*;
+
+    /// Each cause of a failed write has its own bounded reason (issue #23), from the error
+    /// kind or, where the platform reports none, the errno.
+    #[test]
+    fn write_failures_are_named_by_their_cause() {
+        let io = |e: std::io::Error| StateError::Io {
+            path: PathBuf::from("/state"),
+            source: e,
+        };
+        use std::io::{Error, ErrorKind};
+        for (e, want) in [
+            (Error::from(ErrorKind::NotFound), "write_missing"),
+            (Error::from_raw_os_error(20), "write_not_a_directory"),
+            (Error::from(ErrorKind::PermissionDenied), "write_permission"),
+            (Error::from_raw_os_error(30), "write_permission"),
+            (Error::from_raw_os_error(28), "write_no_space"),
+            (Error::from_raw_os_error(122), "write_no_space"),
+            (Error::from(ErrorKind::Interrupted), "write_io"),
+        ] {
+            assert_eq!(io(e).write_reason(), want);
+        }
+        assert_eq!(
+            StateError::Missing(PathBuf::from("/x")).write_reason(),
+            "write_io"
+        );
+        // A real one: the directory is a file.
+        let file = std::env::temp_dir().join(format!("flowcast-notadir-{}", std::process::id()));
+        fs::write(&file, "x").expect("file");
+        let e = write(&file, &sample(), None).expect_err("not a directory");
+        assert_eq!(e.write_reason(), "write_not_a_directory", "{e}");
+        let _ = fs::remove_file(&file);
+    }
 
     fn sample() -> Snapshot {
         let mut rates = vec![f32::NAN; RING_MINUTES];

@@ -17,6 +17,23 @@ pub const SNAPSHOT_PAUSE_ENV: &str = "FLOWCAST_FAULT_SNAPSHOT_PAUSE_MS";
 #[cfg(feature = "fault-injection")]
 pub const METRICS_HOLD_ENV: &str = "FLOWCAST_FAULT_METRICS_HOLD_MS";
 
+/// While the file this names exists, every snapshot write fails with ENOSPC (a full state
+/// volume), so a test can fill and free the volume without a small filesystem to mount.
+#[cfg(feature = "fault-injection")]
+pub const SNAPSHOT_NO_SPACE_ENV: &str = "FLOWCAST_FAULT_SNAPSHOT_NO_SPACE_FILE";
+
+/// Whether a test has made the state volume full (see [`SNAPSHOT_NO_SPACE_ENV`]).
+pub fn snapshot_no_space() -> bool {
+    #[cfg(feature = "fault-injection")]
+    {
+        std::env::var_os(SNAPSHOT_NO_SPACE_ENV).is_some_and(|p| std::path::Path::new(&p).exists())
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        false
+    }
+}
+
 /// The snapshot writer's pause, when a test set one.
 pub fn snapshot_pause() -> Option<Duration> {
     #[cfg(feature = "fault-injection")]

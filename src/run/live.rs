@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::forecast::engine::Engine;
 use crate::forecast::model::ModelError;
-use crate::forecast::state;
+use crate::forecast::state::{self, StateError};
 use crate::host::clock::UnixClock;
 use crate::ingest::backoff::{Backoff, Breaker};
 use crate::ingest::source::{poll_once, RateSource, SourceError};
@@ -48,47 +48,71 @@ pub struct StateSettings {
     pub identity: String,
 }
 
-/// Writes a snapshot of `engine` on a blocking thread; failures are counted and logged,
-/// never fatal (the previous snapshot stays in place).
+/// Whether the last snapshot write failed, and why: each change of it is logged once, so
+/// a state volume that stays full or missing does not log every interval.
+#[derive(Debug, Default)]
+pub struct StateHealth {
+    failing: Option<&'static str>,
+}
+
+impl StateHealth {
+    /// The reason of the failure now in force, if any.
+    pub fn failing(&self) -> Option<&'static str> {
+        self.failing
+    }
+}
+
+/// Writes a snapshot of `engine` on a blocking thread; failures are counted by reason
+/// (`StateError::write_reason`) and logged once per change of `health`, never fatal: the
+/// previous snapshot stays in place, and the next interval tries again.
 pub async fn save_state(
     engine: &Engine,
     settings: &StateSettings,
     shared: &Shared,
     clock: &UnixClock,
+    health: &mut StateHealth,
 ) -> bool {
     let snapshot = engine.snapshot(settings.identity.clone(), clock.now());
     let dir = settings.dir.clone();
     let series = snapshot.series.len();
     let started = Instant::now();
-    match tokio::task::spawn_blocking(move || {
+    let written = tokio::task::spawn_blocking(move || {
+        if crate::host::faults::snapshot_no_space() {
+            return Err(StateError::Io {
+                path: dir,
+                source: std::io::Error::from_raw_os_error(28),
+            });
+        }
         state::write(&dir, &snapshot, crate::host::faults::snapshot_pause())
     })
-    .await
-    {
+    .await;
+    let failure = match written {
         Ok(Ok(bytes)) => {
             shared.metrics.last_snapshot.set(clock.now());
             debug!(series, bytes, took = ?started.elapsed(), "state snapshot written");
-            true
+            if let Some(was) = health.failing.take() {
+                info!(after = was, "state snapshots are written again");
+            }
+            return true;
         }
-        Ok(Err(e)) => {
-            shared
-                .metrics
-                .state_failures
-                .with_label_values(&["write"])
-                .inc();
-            warn!(error = %e, "state snapshot failed; the previous one is kept");
-            false
-        }
-        Err(e) => {
-            shared
-                .metrics
-                .state_failures
-                .with_label_values(&["write"])
-                .inc();
-            warn!(error = %e, "state snapshot task failed; the previous one is kept");
-            false
-        }
+        Ok(Err(e)) => (e.write_reason(), e.to_string()),
+        Err(e) => ("write_io", format!("the snapshot task failed: {e}")),
+    };
+    let (reason, error) = failure;
+    shared
+        .metrics
+        .state_failures
+        .with_label_values(&[reason])
+        .inc();
+    if health.failing != Some(reason) {
+        warn!(
+            reason,
+            error,
+            "state snapshot failed; the previous one is kept, and every interval tries again (logged once until this changes)"
+        );
+        health.failing = Some(reason);
     }
+    false
 }
 
 /// The live loop: scrape and forecast until `shutdown` is cancelled; returns the engine so
@@ -100,6 +124,7 @@ pub async fn run(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> Engine {
+    let mut state_health = StateHealth::default();
     let mut scrape_tick = tokio::time::interval(settings.scrape_interval);
     scrape_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut forecast_tick = tokio::time::interval(settings.forecast_interval);
@@ -175,7 +200,7 @@ pub async fn run(
             }
             _ = snapshot_tick.tick(), if settings.state.is_some() => {
                 if let Some(state) = &settings.state {
-                    save_state(&engine, state, &shared, &settings.clock).await;
+                    save_state(&engine, state, &shared, &settings.clock, &mut state_health).await;
                 }
             }
         }

@@ -225,7 +225,8 @@ impl Sidecar {
         };
         match (&state, &engine) {
             (Some(settings), Some(engine)) => {
-                let save = live::save_state(engine, settings, &shared, &clock);
+                let mut health = live::StateHealth::default();
+                let save = live::save_state(engine, settings, &shared, &clock, &mut health);
                 match tokio::time::timeout_at(deadline, save).await {
                     Ok(true) => info!(dir = %settings.dir.display(), "state saved"),
                     Ok(false) => {}

@@ -350,7 +350,7 @@ impl Metrics {
             )?,
             state_failures: own.counter_vec(
                 "state_failures_total",
-                "Snapshot writes that failed (reason=write) and snapshots ignored at start (corrupt, version, foreign, io).",
+                "Snapshot writes that failed (reason write_missing, write_not_a_directory, write_permission, write_no_space, write_io) and snapshots ignored at start (corrupt, version, foreign, io).",
                 "reason",
             )?,
             restored_series: own.int_gauge(

@@ -59,6 +59,17 @@ impl Drop for Sidecar {
 }
 
 fn start(app: &FakeApp, dir: &Path, selector: &str, env: &[(&str, &str)]) -> Sidecar {
+    start_every(app, dir, selector, env, "10s")
+}
+
+/// [`start`] with this snapshot interval.
+fn start_every(
+    app: &FakeApp,
+    dir: &Path,
+    selector: &str,
+    env: &[(&str, &str)],
+    snapshot_interval: &str,
+) -> Sidecar {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowcast"));
     cmd.args([
@@ -78,7 +89,12 @@ fn start(app: &FakeApp, dir: &Path, selector: &str, env: &[(&str, &str)]) -> Sid
         "--mc-passes",
         "10",
     ])
-    .args(["--snapshot-interval", "10s", "--shutdown-grace", "30s"])
+    .args([
+        "--snapshot-interval",
+        snapshot_interval,
+        "--shutdown-grace",
+        "30s",
+    ])
     .arg("--state-dir")
     .arg(dir)
     .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -313,6 +329,119 @@ async fn start_up_pages_are_released_after_the_first_forecast_and_ticks_go_on() 
     .await;
     assert!(later.is_some(), "no forecast tick after the release");
     drop(sidecar);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&log);
+}
+
+/// Issue #23, point 2: the state volume fills up (ENOSPC, by the fault hook), is replaced by
+/// a file, and goes away. Throughout, the sidecar keeps serving and `/readyz` stays ready; each
+/// cause is counted under its own reason, each change is logged once (not once per
+/// attempt), the last good snapshot stays, and snapshots are written again as soon as the
+/// directory is usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_state_volume_is_counted_logged_once_and_outlived() {
+    let dir = tempdir("volume");
+    let log = dir.with_extension("log");
+    let full = dir.with_extension("full");
+    let aside = dir.with_extension("aside");
+    for p in [&log, &full] {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = std::fs::remove_dir_all(&aside);
+    let app = FakeApp::start(&exposition(100.0)).await;
+    // Four hours of history, so the series is ready at once.
+    seed(&dir);
+    let full_s = full.to_str().expect("utf-8").to_string();
+    let s = start_every(
+        &app,
+        &dir,
+        SELECTOR,
+        &[("FLOWCAST_FAULT_SNAPSHOT_NO_SPACE_FILE", &full_s)],
+        "10s",
+    );
+    let written = |x: &[crate::support::Scraped]| {
+        value(x, "flowcast_state_last_snapshot_timestamp_seconds", &[]).unwrap_or(0.0)
+    };
+    let failed = |x: &[crate::support::Scraped], reason: &str| {
+        value(x, "flowcast_state_failures_total", &[("reason", reason)]).unwrap_or(0.0)
+    };
+    let log_lines = |needle: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+    let readyz = s.metrics.replace("/metrics", "/readyz");
+    let ready = || async { get(&readyz).await.0 == 200 };
+    // The shortest snapshot interval the config allows is 10 s.
+    let limit = Duration::from_secs(45);
+    let first = wait_for(&s, limit, |x| written(x) > 0.0 && orders_ready(x))
+        .await
+        .expect("a first snapshot and a ready series");
+    assert!(ready().await);
+
+    // 1. The volume is full: counted as write_no_space, logged once, the snapshot kept.
+    std::fs::write(&full, "").expect("fill the volume");
+    let x = wait_for(&s, limit, |x| failed(x, "write_no_space") >= 2.0)
+        .await
+        .expect("ENOSPC counted");
+    let stuck = written(&x);
+    assert!(stuck >= written(&first));
+    assert!(
+        ready().await,
+        "a failing snapshot must not make the pod unready"
+    );
+    assert!(orders_ready(&x), "forecasting goes on");
+    let failed_line = "state snapshot failed";
+    assert_eq!(log_lines(failed_line), 1, "one line for two failures");
+    let kept = state::read(
+        &dir,
+        Model::embedded().expect("model").fingerprint(),
+        &identity(SELECTOR),
+    )
+    .expect("the last good snapshot is still there and whole");
+    assert!(kept.saved_at <= stuck + 1.0);
+
+    // 2. Space again: written at the next interval, and said once.
+    std::fs::remove_file(&full).expect("free the volume");
+    let x = wait_for(&s, limit, |x| written(x) > stuck)
+        .await
+        .expect("written again");
+    assert_eq!(log_lines("state snapshots are written again"), 1);
+    let no_space = failed(&x, "write_no_space");
+
+    // 3. The directory is replaced by a file, then 4. goes away altogether.
+    std::fs::rename(&dir, &aside).expect("move the directory aside");
+    std::fs::write(&dir, "not a directory").expect("a file in its place");
+    wait_for(&s, limit, |x| failed(x, "write_not_a_directory") >= 1.0)
+        .await
+        .expect("ENOTDIR counted");
+    std::fs::remove_file(&dir).expect("remove the file");
+    let x = wait_for(&s, limit, |x| failed(x, "write_missing") >= 2.0)
+        .await
+        .expect("a missing directory counted");
+    assert!(ready().await);
+    assert_eq!(
+        failed(&x, "write_no_space"),
+        no_space,
+        "ENOSPC stopped with the fault"
+    );
+    assert_eq!(
+        log_lines(failed_line),
+        3,
+        "one line per change: full, not a directory, missing"
+    );
+    let stuck = written(&x);
+
+    // 5. The directory is back (with the snapshot it held): written again.
+    std::fs::rename(&aside, &dir).expect("the directory is back");
+    wait_for(&s, limit, |x| written(x) > stuck)
+        .await
+        .expect("written again after the directory came back");
+    assert_eq!(log_lines("state snapshots are written again"), 2);
+    assert!(ready().await);
+    drop(s);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&log);
 }
