@@ -130,7 +130,11 @@ async fn chromium_renders_the_chart_of_every_series() {
         .unwrap_or_else(|e| panic!("no 24-hour screenshot ({e}); stderr:\n{}", day_shot.stderr));
     // The next 15 minutes take 15 / (24 h + 15 min) of the day view's width, 15 / 195 of
     // the 3-hour one's.
-    check_screenshot(&day_png, 195.0 / (24.0 * 60.0 + 15.0));
+    check_screenshot(
+        &day_png,
+        195.0 / (24.0 * 60.0 + 15.0),
+        band_area(&day_dom.stdout),
+    );
     let png = std::fs::read(&screenshot).unwrap_or_else(|e| {
         panic!(
             "chromium wrote no screenshot at {} ({e}); stderr:\n{}",
@@ -138,7 +142,7 @@ async fn chromium_renders_the_chart_of_every_series() {
             shot.stderr
         )
     });
-    check_screenshot(&png, 1.0);
+    check_screenshot(&png, 1.0, band_area(&dom.stdout));
     if std::env::var_os("FLOWCAST_WRITE_SCREENSHOT").is_some_and(|v| v == "1") {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
         std::fs::create_dir_all(&docs).expect("create docs/");
@@ -441,12 +445,45 @@ fn points(d: &str) -> Option<Vec<(f64, f64)>> {
     Some(out)
 }
 
-/// The screenshot is a PNG of the window's size, not blank, with the chart's three
-/// colours painted on enough pixels to be lines and a band rather than stray pixels.
+/// The area, in screen pixels, of the band ahead over every series' chart, from the polygons
+/// of the DOM (the SVG's user units are CSS pixels: its `viewBox` equals its size).
+fn band_area(dom: &str) -> f64 {
+    ROUTES
+        .iter()
+        .map(|route| {
+            let heading = format!("<h2>{SERIES} / {route}</h2>");
+            let start = dom.find(&heading).expect("section");
+            let d = path_data(&dom[start..], "band").expect("band path");
+            // Each piece is `M … Z`; the shoelace formula per piece.
+            d.split('Z')
+                .filter_map(|piece| points(piece.trim()))
+                .map(|p| {
+                    let n = p.len();
+                    (0..n)
+                        .map(|i| {
+                            let ((x0, y0), (x1, y1)) = (p[i], p[(i + 1) % n]);
+                            x0 * y1 - x1 * y0
+                        })
+                        .sum::<f64>()
+                        .abs()
+                        / 2.0
+                })
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// The screenshot is a PNG of the window's size, not blank, with the chart's colours
+/// painted on enough pixels to be lines and bands rather than stray pixels.
 /// `ahead` is the share of the chart's width the next 15 minutes take (1 for the 3-hour
-/// view, about 1/8 for the 24-hour one), which scales what the mean line and the band ahead
-/// must cover.
-fn check_screenshot(png: &[u8], ahead: f64) {
+/// view, about 1/8 for the 24-hour one), which scales what the mean line must cover.
+/// `band_area` is the band's area in the DOM: how tall the band ahead is depends on the
+/// hour (the y-axis spans the view's peak), so the painted band is held to the DOM's own
+/// polygon: at least a third of what the mean line leaves of its area in the band's colour
+/// (the anti-aliased edges take the rest), and never more than its area plus its edges.
+fn check_screenshot(png: &[u8], ahead: f64, band_area: f64) {
+    // The 2-px mean line over the band ahead, at most 55 px long on each of two charts.
+    const MEAN_COVERS: f64 = 2.0 * 2.0 * 55.0;
     let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().expect("the screenshot is a PNG");
@@ -483,13 +520,25 @@ fn check_screenshot(png: &[u8], ahead: f64) {
     for (what, rgb, min) in [
         ("observed line", OBSERVED_RGB, 1000),
         ("mean line", MEAN_RGB, (10.0 * ahead).ceil() as usize),
-        ("band", BAND_RGB, (200.0 * ahead).ceil() as usize),
+        (
+            "band",
+            BAND_RGB,
+            ((band_area - MEAN_COVERS) / 3.0).ceil().max(0.0) as usize,
+        ),
         ("past bands", PAST_RGB, 1000),
     ] {
         let n = near(rgb);
         eprintln!("screenshot: {n} px of the {what}");
         assert!(n >= min, "{what}: {n} pixels near {rgb:?} (< {min})");
     }
+    // The band's edges: two charts, each band ahead at most 55 px wide, so its outline is
+    // under 2 × (2 × 55 + 2 × 200) px.
+    let band = near(BAND_RGB) as f64;
+    eprintln!("screenshot: band area in the DOM {band_area:.0} px");
+    assert!(
+        band <= band_area + 2.0 * (2.0 * 55.0 + 2.0 * 200.0),
+        "band: {band} pixels painted for a DOM area of {band_area:.0}"
+    );
 }
 
 /// What one Chromium run printed and how long it took.
