@@ -255,6 +255,10 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// Time from a request to the /metrics answer, by endpoint.
     pub http_duration: HistogramVec,
+    /// Connections open on the listener (at most the connection cap).
+    pub http_open_connections: IntGauge,
+    /// Connections closed to make room at the cap (idle or slow clients).
+    pub http_connections_shed: IntCounter,
     /// Snapshot writes that failed and snapshot reads that were ignored, by reason.
     pub state_failures: IntCounterVec,
     /// Unix time of the last snapshot written.
@@ -408,6 +412,14 @@ impl Metrics {
             last_tick: own.gauge(
                 "last_successful_tick_timestamp_seconds",
                 "Unix time at which the last forecast tick completed.",
+            )?,
+            http_open_connections: own.int_gauge(
+                "http_open_connections",
+                "Connections open on the listener (at most its cap of 256).",
+            )?,
+            http_connections_shed: own.counter(
+                "http_connections_shed_total",
+                "Connections closed to make room at the cap: the oldest with no response in flight (idle, slow to send its headers, or slow to read).",
             )?,
             build_info,
             http_duration,

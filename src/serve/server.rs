@@ -31,7 +31,8 @@ use crate::serve::shared::{Shared, TickReport};
 /// Limits of the server.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
-    /// Most connections served at once; more wait in the kernel's backlog.
+    /// Most connections open at once. At the cap a new one sheds the connection quiet
+    /// longest with no response in flight, or waits while every one is answering.
     pub max_connections: usize,
     /// Time allowed to read a request's headers.
     pub header_read_timeout: Duration,
@@ -59,6 +60,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(std::sync::Mutex::new(OpenConnections::default()));
     let hold = crate::host::faults::metrics_hold();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -68,13 +70,6 @@ pub async fn serve(
         .max_buf_size(64 * 1024)
         .keep_alive(true);
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -87,10 +82,38 @@ pub async fn serve(
                 }
             },
         };
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // At the cap: the connection quiet longest with no response in flight
+                // (idle, trickling its headers, or between requests) makes room, so slow
+                // clients cannot keep Prometheus's scrape or the probes in the backlog. With
+                // every connection mid-response, this one waits for the first to finish.
+                if lock(&open).shed_oldest_idle() {
+                    shared.metrics.http_connections_shed.inc();
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    p = Arc::clone(&permits).acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let (id, activity, close) = lock(&open).open();
+        shared
+            .metrics
+            .http_open_connections
+            .set(permits_in_use(&permits, limits.max_connections));
         let tls = shared.web.as_ref().and_then(|w| w.current().tls.clone());
         let shared = Arc::clone(&shared);
+        let (open_for_task, shared_for_task) = (Arc::clone(&open), Arc::clone(&shared));
+        let permits_for_task = Arc::clone(&permits);
         let service = hyper::service::service_fn(move |req| {
             let shared = Arc::clone(&shared);
+            // Counted from the request's headers until its body is sent (or dropped).
+            let busy = InFlight::start(&activity);
             async move {
                 // The probes answer without credentials: decided here, once per request.
                 let probe = is_probe(req.uri().path());
@@ -99,31 +122,45 @@ pub async fn serve(
                 } else {
                     web_credentials(&shared, &req).await
                 };
-                Ok::<_, Infallible>(route(&shared, req, hold, probe, web_ok))
+                let mut response = route(&shared, req, hold, probe, web_ok);
+                response.body_mut().in_flight = Some(busy);
+                Ok::<_, Infallible>(response)
             }
         });
         let (watcher, builder) = (graceful.watcher(), builder.clone());
         let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            let served = match tls {
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
-                Some(config) => match tls_handshake(stream, config, handshake_timeout).await {
-                    Some(stream) => {
+            let connection = async {
+                match tls {
+                    None => {
                         watcher
                             .watch(builder.serve_connection(TokioIo::new(stream), service))
                             .await
                     }
-                    None => Ok(()),
-                },
+                    Some(config) => match tls_handshake(stream, config, handshake_timeout).await {
+                        Some(stream) => {
+                            watcher
+                                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                                .await
+                        }
+                        None => Ok(()),
+                    },
+                }
+            };
+            let served = tokio::select! {
+                served = connection => served,
+                // Shed to make room for a new connection: dropping it closes the socket.
+                _ = close.cancelled() => Ok(()),
             };
             if let Err(e) = served {
                 debug!(error = %e, peer = %peer, "connection ended with an error");
             }
+            lock(&open_for_task).close(id);
             drop(permit);
+            shared_for_task
+                .metrics
+                .http_open_connections
+                .set(permits_in_use(&permits_for_task, limits.max_connections));
         });
     }
     drop(listener);
@@ -132,6 +169,131 @@ pub async fn serve(
         .is_err()
     {
         warn!("in-flight requests did not finish within the drain time");
+    }
+}
+
+/// The open connections, each with its activity and the token that closes it, so that a
+/// new connection at the cap can shed the one that has waited longest without a request.
+struct OpenConnections {
+    next_id: u64,
+    open: VecDeque<OpenConnection>,
+    epoch: Instant,
+}
+
+impl Default for OpenConnections {
+    fn default() -> Self {
+        Self {
+            next_id: 0,
+            open: VecDeque::new(),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+struct OpenConnection {
+    id: u64,
+    activity: Arc<Activity>,
+    close: CancellationToken,
+}
+
+/// What a connection is doing, updated by its requests.
+#[derive(Debug)]
+struct Activity {
+    /// Responses being produced or sent.
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds after `epoch` of its opening, or of its last request's headers or
+    /// body end, whichever was last.
+    last_active_ms: std::sync::atomic::AtomicU64,
+    /// The registry's start.
+    epoch: Instant,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active_ms.store(ms, Ordering::Release);
+    }
+}
+
+impl OpenConnections {
+    /// Registers a new connection: its id, its activity and its close token.
+    fn open(&mut self) -> (u64, Arc<Activity>, CancellationToken) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let activity = Arc::new(Activity {
+            in_flight: Default::default(),
+            last_active_ms: Default::default(),
+            epoch: self.epoch,
+        });
+        activity.touch();
+        let close = CancellationToken::new();
+        self.open.push_back(OpenConnection {
+            id,
+            activity: Arc::clone(&activity),
+            close: close.clone(),
+        });
+        (id, activity, close)
+    }
+
+    /// Forgets a connection that ended.
+    fn close(&mut self, id: u64) {
+        if let Some(i) = self.open.iter().position(|c| c.id == id) {
+            self.open.remove(i);
+        }
+    }
+
+    /// Closes the connection with no response in flight that has been quiet longest: a
+    /// client trickling its headers or sending nothing is quiet since it opened, a
+    /// keep-alive one since its last response, so a scraper that asks often keeps its
+    /// connection and a slow client loses its own first. False when every open connection
+    /// is answering a request.
+    fn shed_oldest_idle(&mut self) -> bool {
+        let victim = self
+            .open
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.activity.in_flight.load(Ordering::Acquire) == 0)
+            .min_by_key(|(_, c)| c.activity.last_active_ms.load(Ordering::Acquire))
+            .map(|(i, _)| i);
+        match victim.and_then(|i| self.open.remove(i)) {
+            Some(c) => {
+                c.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The registry's lock; a panic while holding it cannot leave it inconsistent (every
+/// change is one push or remove), so a poisoned lock is used as it is.
+fn lock(open: &std::sync::Mutex<OpenConnections>) -> std::sync::MutexGuard<'_, OpenConnections> {
+    open.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Connections holding a permit.
+fn permits_in_use(permits: &Semaphore, max: usize) -> i64 {
+    max.saturating_sub(permits.available_permits()) as i64
+}
+
+/// One response in flight on a connection, from its request's headers until its body has
+/// been sent or dropped: while any is, [`OpenConnections::shed_oldest_idle`] leaves the
+/// connection alone.
+pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.touch();
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -416,6 +578,8 @@ pub struct Chunks {
     /// Test hook ([`crate::host::faults::metrics_hold`]): wait this long before the last chunk.
     hold: Option<Duration>,
     sleeping: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Marks the connection busy until this body is sent or dropped.
+    in_flight: Option<InFlight>,
 }
 
 impl Chunks {
@@ -426,6 +590,7 @@ impl Chunks {
             chunks,
             hold,
             sleeping: None,
+            in_flight: None,
         }
     }
 }
@@ -516,6 +681,40 @@ mod tests {
     use crate::forecast::band::{Forecast, Interval};
     use crate::serve::metrics::{Metrics, SeriesStatus};
     use std::io::Read as _;
+
+    #[test]
+    fn the_cap_sheds_the_connection_quiet_longest_never_one_answering() {
+        let mut open = OpenConnections::default();
+        let conns: Vec<_> = (0..4).map(|_| open.open()).collect();
+        let closed = |i: usize| conns[i].2.is_cancelled();
+        let at = |i: usize, ms: u64| conns[i].1.last_active_ms.store(ms, Ordering::Release);
+        // 0 is answering a request; 1 answered one at 900 ms (a scraper between scrapes);
+        // 2 and 3 opened at 100 and 50 ms and never sent a whole request.
+        let busy = InFlight::start(&conns[0].1);
+        for (i, ms) in [(0, 0), (1, 900), (2, 100), (3, 50)] {
+            at(i, ms);
+        }
+        assert!(open.shed_oldest_idle());
+        assert!(closed(3), "the quietest goes first");
+        assert!(!closed(0) && !closed(1) && !closed(2));
+        assert!(open.shed_oldest_idle());
+        assert!(closed(2));
+        assert!(open.shed_oldest_idle());
+        assert!(closed(1));
+        assert!(!open.shed_oldest_idle());
+        assert!(
+            !closed(0),
+            "a response in flight is never cut, however long it takes"
+        );
+        drop(busy);
+        assert!(open.shed_oldest_idle());
+        assert!(closed(0));
+        // A connection that ended is forgotten.
+        let (id, _, close) = open.open();
+        open.close(id);
+        assert!(!open.shed_oldest_idle());
+        assert!(!close.is_cancelled());
+    }
 
     #[test]
     fn gzip_is_negotiated_from_accept_encoding() {

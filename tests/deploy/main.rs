@@ -22,6 +22,7 @@ mod kubernetes;
 mod prometheus;
 mod rules;
 mod shard;
+mod slow_clients;
 
 use std::path::{Path, PathBuf};
 

@@ -14,6 +14,10 @@ use hyper::Response;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+// Used by the slow-clients test (tests/deploy) and bench only.
+#[allow(dead_code)]
+pub mod hostile_clients;
+
 /// A fake application whose `/metrics` body is whatever the test last set.
 #[derive(Clone)]
 pub struct FakeApp {
