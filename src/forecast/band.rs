@@ -342,6 +342,16 @@ impl Calibrator {
         Forecast { origin, horizons }
     }
 
+    /// After the wall clock stepped back past the newest step judged (NTP): the step that
+    /// completes at `origin` and later ones are judged again, rather than nothing until
+    /// the clock has caught up. Nothing changes otherwise.
+    pub fn rewind_to(&mut self, origin: i64) {
+        let newest = origin - STEP_SECONDS;
+        if self.last_judged > newest {
+            self.last_judged = newest - 1;
+        }
+    }
+
     /// Scores past forecasts against the step `[start, start + 300)` whose peak 1-minute
     /// rate `observed` is now known, and learns from the forecasts made on the 5-minute grid
     /// (so that the live sidecar, ticking every minute, learns at the same pace as the

@@ -334,6 +334,16 @@ impl Combiner {
         self.last_window
     }
 
+    /// After the wall clock stepped back past what was learnt (NTP): windows that complete
+    /// after `origin` are learnt again as they complete, rather than nothing until the
+    /// clock has caught up with the last window learnt. Nothing changes otherwise.
+    pub fn rewind_to(&mut self, origin: i64) {
+        let newest_complete = (origin - STEP_SECONDS).div_euclid(STEP_SECONDS);
+        if self.last_window.is_some_and(|last| last > newest_complete) {
+            self.last_window = Some(newest_complete - 1);
+        }
+    }
+
     /// Learns the value `v` (req/s) of the 5-minute window starting at `start` (a multiple
     /// of 300): scores the expert forecasts made for it, then moves the level, Holt and the
     /// history on. Windows must come oldest first; a window not newer than the last one

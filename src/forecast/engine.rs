@@ -372,6 +372,10 @@ impl Engine {
         let mut reports = Vec::with_capacity(prepared.views.len());
         for view in prepared.views {
             let learnt = &mut self.learnt[view.index];
+            // A wall clock stepped back leaves windows learnt "after" this origin: learning
+            // resumes from here instead of waiting for the clock to catch up.
+            learnt.combiner.rewind_to(origin);
+            learnt.calibrator.rewind_to(origin);
             // The combination learns every window on the grid that completed since it last
             // looked (after a restart, all of the window), oldest first.
             for (k, v) in view.steps.iter().enumerate() {
@@ -643,6 +647,48 @@ mod tests {
 
     fn encoded(s: &Snapshot) -> Vec<u8> {
         state::encode(s)
+    }
+
+    /// After the wall clock steps back an hour, the combination and the calibration go on
+    /// learning the windows that complete on the stepped clock (before, they learnt
+    /// nothing until it had caught up with their newest window, an hour later).
+    #[test]
+    fn learning_resumes_at_once_after_the_clock_steps_back() {
+        let start = 28_000_000; // unix minutes, on the 5-minute grid
+        let mut e = engine();
+        feed(&mut e, start, start + 240);
+        e.tick((start + 240) * 60).expect("tick");
+        let last = |e: &Engine| {
+            let snap = e.snapshot("id".into(), 0.0);
+            let s = &snap.series[0];
+            (
+                s.combiner.as_ref().and_then(Combiner::last_window),
+                s.calibrator
+                    .as_ref()
+                    .map(|c| format!("{:?}", c.rolling()[0])),
+            )
+        };
+        assert_eq!(last(&e).0, Some((start + 235) / 5));
+        // Back an hour: the ring already holds these minutes; new rates overwrite them.
+        let back = start + 180;
+        feed(&mut e, back, back + 1);
+        e.tick((back + 1) * 60).expect("tick after the step");
+        let (_, judged_before) = last(&e);
+        // A tick a minute, as the sidecar does; windows are learnt at those on the grid.
+        for m in back + 1..back + 10 {
+            feed(&mut e, m, m + 1);
+            e.tick((m + 1) * 60).expect("tick");
+        }
+        let (window, judged_after) = last(&e);
+        assert_eq!(
+            window,
+            Some((back + 5) / 5),
+            "the window that completed at back + 10, on the stepped clock"
+        );
+        assert_ne!(
+            judged_after, judged_before,
+            "the calibration judged the new steps"
+        );
     }
 
     /// A restored engine is the same engine: its next forecasts are bit-for-bit those of

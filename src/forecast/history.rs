@@ -352,12 +352,23 @@ impl SeriesSet {
         samples: impl IntoIterator<Item = (u64, &'k [String], f64)>,
     ) -> ObserveStats {
         let mut stats = ObserveStats::default();
-        if self.last_scrape.is_some_and(|last| t <= last) || !t.is_finite() {
-            // The clock went backwards: use nothing from this scrape.
+        if !t.is_finite() {
             for _ in samples {
                 stats.matched += 1;
             }
             return stats;
+        }
+        if self.last_scrape.is_some_and(|last| t <= last) {
+            // The wall clock stepped back (NTP): no rate spans the step, but this scrape
+            // is the new baseline, so rates resume at the next one rather than once the
+            // clock has caught up with the last scrape (an hour later for a 1-h step). The
+            // minute each series was accumulating was measured on the old clock: kept.
+            for s in &mut self.series {
+                if let Some((m, rate)) = s.accumulator.take() {
+                    s.ring.record(m, rate);
+                }
+            }
+            self.mark_gap();
         }
         self.epoch += 1;
         for s in &mut self.series {
@@ -694,9 +705,35 @@ mod tests {
         let ring = &set.series()[0].ring;
         // The invalid sample left its interval out instead of diluting minute 0.
         assert_eq!(ring.get(0), Some(10.0));
-        // After the invalid sample the child is new again (its increase unknown), and the
-        // backwards scrape contributed nothing: minute 1 counts only the interval (60, 75].
-        assert_eq!(ring.get(1), Some(10.0));
+        // After the invalid sample the child is new again (its increase unknown); the
+        // backwards scrape (at 20, after 45) gave no rate but is the new baseline, so
+        // minute 1 counts (20, 60] and (60, 75]: 300 over 55 s.
+        assert_eq!(ring.get(1), Some(f64::from((300.0 / 55.0) as f32)));
+    }
+
+    #[test]
+    fn after_the_clock_steps_back_an_hour_rates_resume_at_the_next_scrape() {
+        let mut set = SeriesSet::new(limits());
+        let k: Vec<String> = vec![];
+        let mut value = 0.0;
+        let mut scrape = |set: &mut SeriesSet, t: f64| {
+            value += 15.0 * 10.0;
+            set.observe(t, [(1, k.as_slice(), value)]);
+        };
+        for i in 0..=20 {
+            scrape(&mut set, 7200.0 + 15.0 * f64::from(i));
+        }
+        // NTP steps the clock back an hour; scrapes go on every 15 s.
+        for i in 0..=8 {
+            scrape(&mut set, 3600.0 + 300.0 + 15.0 * f64::from(i));
+        }
+        set.flush_until(7600.0);
+        let ring = &set.series()[0].ring;
+        assert_eq!(ring.get(120), Some(10.0), "before the step");
+        // Minute 65 (3900–3960 s): its scrapes after the first one after the step.
+        assert_eq!(ring.get(65), Some(10.0), "straight after the step");
+        assert_eq!(ring.get(66), Some(10.0));
+        assert!(ring.get(64).is_none(), "no rate spans the step");
     }
 
     proptest! {

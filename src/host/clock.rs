@@ -19,6 +19,10 @@ pub enum UnixClock {
         /// The tokio instant that reads as `start`.
         base: tokio::time::Instant,
     },
+    /// The system's wall clock plus an offset in seconds that a test changes while the
+    /// sidecar runs: an NTP step, back or forward, at an instant the test picks.
+    #[cfg(feature = "fault-injection")]
+    Shifted(&'static std::sync::atomic::AtomicI64),
 }
 
 impl UnixClock {
@@ -35,6 +39,10 @@ impl UnixClock {
         match self {
             Self::System => system_now(),
             Self::Tokio { start, base } => start + base.elapsed().as_secs_f64(),
+            #[cfg(feature = "fault-injection")]
+            Self::Shifted(offset) => {
+                system_now() + offset.load(std::sync::atomic::Ordering::Acquire) as f64
+            }
         }
     }
 }

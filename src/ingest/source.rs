@@ -345,9 +345,11 @@ impl PromSource {
         let end = query_end(now);
         let newest = end / MINUTE_SECONDS - 1;
         let first = match self.last_minute {
-            Some(m) if m >= newest => return Ok(()),
-            Some(m) => (m + 1).max(newest - CATCH_UP_MINUTES),
-            None => newest,
+            Some(m) if m == newest => return Ok(()),
+            Some(m) if m < newest => (m + 1).max(newest - CATCH_UP_MINUTES),
+            // None, or the clock stepped back (NTP): from the current minute, rather than
+            // nothing until the clock has caught up with the last poll.
+            _ => newest,
         };
         let points = if first == newest {
             self.client.query(&self.query, end).await?

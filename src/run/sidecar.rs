@@ -61,6 +61,16 @@ pub struct Sidecar {
 impl Sidecar {
     /// Builds the sidecar for `config` with an already loaded model.
     pub fn new(config: &Config, model: Arc<Model>) -> Result<Self, StartError> {
+        Self::with_clock(config, model, UnixClock::System)
+    }
+
+    /// [`Sidecar::new`] on this wall clock (the restore at start reads it too); tests step
+    /// it.
+    pub fn with_clock(
+        config: &Config,
+        model: Arc<Model>,
+        clock: UnixClock,
+    ) -> Result<Self, StartError> {
         let metrics = Metrics::new(&config.metric_prefix, &config.by)?;
         let limits = SeriesLimits {
             max_series: config.max_series,
@@ -136,7 +146,6 @@ impl Sidecar {
             interval: config.snapshot_interval,
             identity: config.state_identity(),
         });
-        let clock = UnixClock::System;
         if let Some(settings) = &state {
             restore(&mut engine, settings, config.by.len(), &shared, clock.now());
         }

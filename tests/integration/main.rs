@@ -1,5 +1,6 @@
 //! Integration tests: the real entry points over loopback, the real binary, the real model.
 
+mod clock_steps;
 mod evidence;
 mod hostile;
 mod prometheus_source;

@@ -21,16 +21,16 @@ type Script = Arc<Mutex<Box<dyn FnMut(&str, &HashMap<String, String>) -> (u16, S
 /// A fake Prometheus API: answers come from `script(path, query params)`; requests are
 /// logged as (path, params, Authorization header).
 #[derive(Clone)]
-struct FakeProm {
-    url: String,
-    log: Arc<Mutex<Vec<Logged>>>,
+pub(crate) struct FakeProm {
+    pub(crate) url: String,
+    pub(crate) log: Arc<Mutex<Vec<Logged>>>,
 }
 
 /// One request: path, query parameters, Authorization header.
-type Logged = (String, HashMap<String, String>, Option<String>);
+pub(crate) type Logged = (String, HashMap<String, String>, Option<String>);
 
 impl FakeProm {
-    async fn start(
+    pub(crate) async fn start(
         script: impl FnMut(&str, &HashMap<String, String>) -> (u16, String) + Send + 'static,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -98,7 +98,7 @@ fn matrix(params: &HashMap<String, String>, routes: &[&str]) -> String {
     )
 }
 
-fn vector(params: &HashMap<String, String>, routes: &[&str]) -> String {
+pub(crate) fn vector(params: &HashMap<String, String>, routes: &[&str]) -> String {
     let t: i64 = params.get("time").and_then(|s| s.parse().ok()).unwrap_or(0);
     let series: Vec<String> = routes
         .iter()
