@@ -133,8 +133,18 @@ pub async fn run(
         .state
         .as_ref()
         .map_or(Duration::from_secs(3600), |s| s.interval);
+    // The first snapshot is due an interval after the one on disk (the restored one, whose
+    // time the restore put in `last_snapshot`), not an interval after this start: a sidecar
+    // killed again and again sooner than an interval (an OOM loop) would otherwise never
+    // write, and lose everything since the snapshot it keeps restoring.
+    let on_disk = shared.metrics.last_snapshot.get();
+    let age = if on_disk > 0.0 {
+        (settings.clock.now() - on_disk).clamp(0.0, snapshot_period.as_secs_f64())
+    } else {
+        0.0
+    };
     let mut snapshot_tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + snapshot_period,
+        tokio::time::Instant::now() + snapshot_period - Duration::from_secs_f64(age),
         snapshot_period,
     );
     snapshot_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

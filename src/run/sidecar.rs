@@ -291,9 +291,13 @@ fn restore(
         }
     };
     let age = now - snapshot.saved_at;
+    let saved_at = snapshot.saved_at;
     match engine.restore(snapshot, key_len, now as i64) {
         Ok(n) => {
             shared.metrics.restored_series.set(n as i64);
+            // The snapshot on disk is this one: the loop's first write is due an interval
+            // after it, not after this start.
+            shared.metrics.last_snapshot.set(saved_at);
             info!(series = n, age_seconds = age.round(), "state restored");
         }
         Err(reason) => {

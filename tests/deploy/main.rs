@@ -13,6 +13,7 @@
 mod support;
 
 mod backtest_prometheus;
+mod chaos;
 mod dashboard;
 mod dockerfile;
 mod https;
