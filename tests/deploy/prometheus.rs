@@ -163,6 +163,68 @@ impl PromApi {
     }
 }
 
+impl PromApi {
+    /// The value of the first series of an instant query at `time` (Unix seconds).
+    pub(crate) async fn value_at(&self, expr: &str, time: f64) -> Option<f64> {
+        let time = format!("{time:.3}");
+        let answer = self
+            .get("/api/v1/query", &[("query", expr), ("time", time.as_str())])
+            .await?;
+        answer["data"]["result"][0]["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+
+    /// The points of the first series of a range query from `start` to `end` (Unix
+    /// seconds) every `step` seconds.
+    pub(crate) async fn range(
+        &self,
+        expr: &str,
+        start: f64,
+        end: f64,
+        step: u32,
+    ) -> Vec<(f64, f64)> {
+        let (start, end, step) = (format!("{start:.3}"), format!("{end:.3}"), step.to_string());
+        let query = [
+            ("query", expr),
+            ("start", start.as_str()),
+            ("end", end.as_str()),
+            ("step", step.as_str()),
+        ];
+        let answer = self
+            .get("/api/v1/query_range", &query)
+            .await
+            .unwrap_or_default();
+        answer["data"]["result"][0]["values"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|p| Some((p[0].as_f64()?, p[1].as_str()?.parse().ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Starts `flowcast run` on `addr`, scraping `app` every second, ready at once from a
+/// snapshot seeded in `dir/state`; its log is `dir/flowcast.log`.
+pub(crate) fn start_seeded_flowcast(dir: &Path, app: &FakeApp, addr: &str) -> Process {
+    let state_dir = dir.join("state");
+    std::fs::create_dir_all(&state_dir).expect("state dir");
+    seed_snapshot(&state_dir, &app.url());
+    spawn(
+        Command::new(env!("CARGO_BIN_EXE_flowcast"))
+            .args(["run", "--target", &app.url(), "--selector", SELECTOR])
+            .args(["--series-name", "api", "--mc-passes", "10"])
+            .args(["--scrape-interval", "1s", "--forecast-interval", "1s"])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--listen", addr]),
+        dir.join("flowcast.log"),
+    )
+}
+
 /// The sample value of one element of a result vector.
 fn sample(element: &Value) -> f64 {
     element["value"][1]
@@ -195,20 +257,8 @@ async fn a_real_prometheus_runs_the_dashboard_keda_queries_and_rules_on_flowcast
     };
 
     // flowcast, ready at once from the seeded history.
-    let state_dir = dir.join("state");
-    std::fs::create_dir_all(&state_dir).expect("state dir");
-    seed_snapshot(&state_dir, &app.url());
     let flowcast_addr = format!("127.0.0.1:{}", free_port());
-    let flowcast = spawn(
-        Command::new(env!("CARGO_BIN_EXE_flowcast"))
-            .args(["run", "--target", &app.url(), "--selector", SELECTOR])
-            .args(["--series-name", "api", "--mc-passes", "10"])
-            .args(["--scrape-interval", "1s", "--forecast-interval", "1s"])
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .args(["--listen", &flowcast_addr]),
-        dir.join("flowcast.log"),
-    );
+    let flowcast = start_seeded_flowcast(&dir, &app, &flowcast_addr);
     let metrics_url = format!("http://{flowcast_addr}/metrics");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

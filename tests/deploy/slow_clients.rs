@@ -5,7 +5,6 @@
 //! probes out.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::prometheus::{exposition, seed_snapshot, spawn, start_prometheus, PromApi, SELECTOR};
+use crate::prometheus::{exposition, start_prometheus, start_seeded_flowcast, PromApi};
 use crate::scratch_dir;
 use crate::support::hostile_clients::{self, Kind};
 use crate::support::{free_port, read_metrics, value, FakeApp};
@@ -61,21 +60,10 @@ async fn slow_clients_beyond_the_cap_never_keep_prometheus_or_the_probes_out() {
     };
     let dir = scratch_dir("slow-clients");
     let app = FakeApp::start(&exposition(1000.0)).await;
-    let state_dir = dir.join("state");
-    std::fs::create_dir_all(&state_dir).expect("state dir");
-    seed_snapshot(&state_dir, &app.url());
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-    let flowcast = spawn(
-        Command::new(env!("CARGO_BIN_EXE_flowcast"))
-            .args(["run", "--target", &app.url(), "--selector", SELECTOR])
-            .args(["--series-name", "api", "--mc-passes", "10"])
-            .args(["--scrape-interval", "1s", "--forecast-interval", "1s"])
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .args(["--listen", &addr.to_string()]),
-        dir.join("flowcast.log"),
-    );
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("address");
+    let flowcast = start_seeded_flowcast(&dir, &app, &addr.to_string());
     let metrics_url = format!("http://{addr}/metrics");
     // A new connection per request, as the kubelet's probes open (a pooled keep-alive
     // connection, accepted before the slow clients came, would never meet the cap).
@@ -198,29 +186,25 @@ async fn slow_clients_beyond_the_cap_never_keep_prometheus_or_the_probes_out() {
 
     // 4. Prometheus got every scrape of the attack, each within its timeout.
     let window = format!("{}s", ATTACK.as_secs());
-    let at = format!("{:.3}", flowcast::host::clock::system_now());
-    let instant = |expr: String| {
-        let api = &api;
-        let at = at.clone();
-        async move {
-            let answer = api
-                .get(
-                    "/api/v1/query",
-                    &[("query", expr.as_str()), ("time", at.as_str())],
-                )
-                .await
-                .unwrap_or_default();
-            answer["data"]["result"][0]["value"][1]
-                .as_str()
-                .and_then(|v| v.parse::<f64>().ok())
-        }
-    };
-    let scrapes = instant(format!("count_over_time(up{{job=\"flowcast\"}}[{window}])")).await;
-    let lowest = instant(format!("min_over_time(up{{job=\"flowcast\"}}[{window}])")).await;
-    let slowest = instant(format!(
-        "max_over_time(scrape_duration_seconds{{job=\"flowcast\"}}[{window}])"
-    ))
-    .await;
+    let at = flowcast::host::clock::system_now();
+    let scrapes = api
+        .value_at(
+            &format!("count_over_time(up{{job=\"flowcast\"}}[{window}])"),
+            at,
+        )
+        .await;
+    let lowest = api
+        .value_at(
+            &format!("min_over_time(up{{job=\"flowcast\"}}[{window}])"),
+            at,
+        )
+        .await;
+    let slowest = api
+        .value_at(
+            &format!("max_over_time(scrape_duration_seconds{{job=\"flowcast\"}}[{window}])"),
+            at,
+        )
+        .await;
     eprintln!(
         "Prometheus over the attack: {scrapes:?} scrapes, min up {lowest:?}, slowest {slowest:?} s"
     );
