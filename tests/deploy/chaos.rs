@@ -308,7 +308,12 @@ async fn chaos(kills: usize, min_run: Duration, max_wait: f64, seed: u64) {
         // snapshot is half written.
         let mid_write = k % 3 == 2;
         let tmp = state_dir.join(format!("{}.tmp", state::FILE_NAME));
+        // What the process shows before the kill; for a kill mid-write, read before the
+        // write begins, so that nothing delays the kill once it has.
+        let mut pre = Vec::new();
+        let mut pre_at = system_now();
         if mid_write {
+            pre = scrape(&url).await.unwrap_or_default();
             let deadline = Instant::now() + Duration::from_secs(20);
             let before = std::fs::metadata(&tmp).ok().and_then(|m| m.modified().ok());
             while std::fs::metadata(&tmp)
@@ -325,8 +330,9 @@ async fn chaos(kills: usize, min_run: Duration, max_wait: f64, seed: u64) {
         } else {
             let wait = 2.0 + (max_wait - 2.0) * rng.next_f64();
             tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            pre_at = system_now();
+            pre = scrape(&url).await.unwrap_or_default();
         }
-        let pre = scrape(&url).await.unwrap_or_default();
         assert!(
             sidecar.child.try_wait().expect("try_wait").is_none(),
             "flowcast exited by itself:\n{}",
@@ -391,7 +397,8 @@ async fn chaos(kills: usize, min_run: Duration, max_wait: f64, seed: u64) {
             restored: snapshot.series.len(),
             exact_checks: 0,
         });
-        before_kill = Some((pre, snapshot.saved_at));
+        // The state compared after the restart may have moved on from either moment.
+        before_kill = Some((pre, snapshot.saved_at.min(pre_at)));
         sidecar = start(&app, &state_dir, &addr);
         started_at = Instant::now();
         process_started = system_now();
