@@ -310,10 +310,8 @@ async fn chaos(kills: usize, min_run: Duration, max_wait: f64, seed: u64) {
         let tmp = state_dir.join(format!("{}.tmp", state::FILE_NAME));
         // What the process shows before the kill; for a kill mid-write, read before the
         // write begins, so that nothing delays the kill once it has.
-        let mut pre = Vec::new();
-        let mut pre_at = system_now();
-        if mid_write {
-            pre = scrape(&url).await.unwrap_or_default();
+        let (pre, pre_at) = if mid_write {
+            let pre = (scrape(&url).await.unwrap_or_default(), system_now());
             let deadline = Instant::now() + Duration::from_secs(20);
             let before = std::fs::metadata(&tmp).ok().and_then(|m| m.modified().ok());
             while std::fs::metadata(&tmp)
@@ -327,12 +325,13 @@ async fn chaos(kills: usize, min_run: Duration, max_wait: f64, seed: u64) {
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            pre
         } else {
             let wait = 2.0 + (max_wait - 2.0) * rng.next_f64();
             tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-            pre_at = system_now();
-            pre = scrape(&url).await.unwrap_or_default();
-        }
+            let at = system_now();
+            (scrape(&url).await.unwrap_or_default(), at)
+        };
         assert!(
             sidecar.child.try_wait().expect("try_wait").is_none(),
             "flowcast exited by itself:\n{}",
