@@ -46,6 +46,9 @@ pub struct StateSettings {
     pub interval: Duration,
     /// [`state::identity`] of this configuration.
     pub identity: String,
+    /// When the snapshot restored at start was taken, if one was: the first write is due
+    /// an interval after it.
+    pub restored_at: Option<f64>,
 }
 
 /// Whether the last snapshot write failed, and why: each change of it is logged once, so
@@ -133,16 +136,18 @@ pub async fn run(
         .state
         .as_ref()
         .map_or(Duration::from_secs(3600), |s| s.interval);
-    // The first snapshot is due an interval after the one on disk (the restored one, whose
-    // time the restore put in `last_snapshot`), not an interval after this start: a sidecar
-    // killed again and again sooner than an interval (an OOM loop) would otherwise never
-    // write, and lose everything since the snapshot it keeps restoring.
-    let on_disk = shared.metrics.last_snapshot.get();
-    let age = if on_disk > 0.0 {
-        (settings.clock.now() - on_disk).clamp(0.0, snapshot_period.as_secs_f64())
-    } else {
-        0.0
-    };
+    // The first snapshot is due an interval after the one on disk (the restored one), not
+    // an interval after this start: a sidecar killed again and again sooner than an
+    // interval (an OOM loop) would otherwise never write, and lose everything since the
+    // snapshot it keeps restoring.
+    let age = settings
+        .state
+        .as_ref()
+        .and_then(|s| s.restored_at)
+        .filter(|at| at.is_finite())
+        .map_or(0.0, |at| {
+            (settings.clock.now() - at).clamp(0.0, snapshot_period.as_secs_f64())
+        });
     let mut snapshot_tick = tokio::time::interval_at(
         tokio::time::Instant::now() + snapshot_period - Duration::from_secs_f64(age),
         snapshot_period,
@@ -378,6 +383,7 @@ mod tests {
                 dir: dir.clone(),
                 interval: Duration::from_secs(600),
                 identity: "test".into(),
+                restored_at: None,
             }),
             clock: UnixClock::tokio_from(start),
         };

@@ -141,13 +141,15 @@ impl Sidecar {
             shared = shared.with_web_config(watch);
         }
         let shared = Arc::new(shared);
-        let state = config.state_dir.as_ref().map(|dir| StateSettings {
+        let mut state = config.state_dir.as_ref().map(|dir| StateSettings {
             dir: dir.clone(),
             interval: config.snapshot_interval,
             identity: config.state_identity(),
+            restored_at: None,
         });
-        if let Some(settings) = &state {
-            restore(&mut engine, settings, config.by.len(), &shared, clock.now());
+        if let Some(settings) = &mut state {
+            settings.restored_at =
+                restore(&mut engine, settings, config.by.len(), &shared, clock.now());
         }
         Ok(Self {
             engine,
@@ -253,14 +255,15 @@ impl Sidecar {
 }
 
 /// Restores the snapshot in `settings.dir` into an empty engine; any problem is logged and
-/// counted and the sidecar starts empty (SPEC.md: never fatal).
+/// counted and the sidecar starts empty (SPEC.md: never fatal). Returns the restored
+/// snapshot's time.
 fn restore(
     engine: &mut Engine,
     settings: &StateSettings,
     key_len: usize,
     shared: &Shared,
     now: f64,
-) {
+) -> Option<f64> {
     if let Err(e) = std::fs::create_dir_all(&settings.dir) {
         shared
             .metrics
@@ -268,7 +271,7 @@ fn restore(
             .with_label_values(&["io"])
             .inc();
         warn!(dir = %settings.dir.display(), error = %e, "cannot create the state directory");
-        return;
+        return None;
     }
     let snapshot = match state::read(
         &settings.dir,
@@ -278,7 +281,7 @@ fn restore(
         Ok(s) => s,
         Err(StateError::Missing(path)) => {
             info!(path = %path.display(), "no state snapshot yet; starting empty");
-            return;
+            return None;
         }
         Err(e) => {
             shared
@@ -287,7 +290,7 @@ fn restore(
                 .with_label_values(&[e.reason()])
                 .inc();
             warn!(error = %e, "ignoring the state snapshot; starting empty");
-            return;
+            return None;
         }
     };
     let age = now - snapshot.saved_at;
@@ -295,10 +298,9 @@ fn restore(
     match engine.restore(snapshot, key_len, now as i64) {
         Ok(n) => {
             shared.metrics.restored_series.set(n as i64);
-            // The snapshot on disk is this one: the loop's first write is due an interval
-            // after it, not after this start.
             shared.metrics.last_snapshot.set(saved_at);
             info!(series = n, age_seconds = age.round(), "state restored");
+            Some(saved_at)
         }
         Err(reason) => {
             shared
@@ -307,6 +309,7 @@ fn restore(
                 .with_label_values(&[reason.reason()])
                 .inc();
             warn!(%reason, "ignoring the state snapshot; starting empty");
+            None
         }
     }
 }

@@ -84,6 +84,20 @@ async fn until(
     panic!("{when}: not within {limit:?}; last page: {last:?}");
 }
 
+/// Waits until a snapshot stamped by the clock shifted by `shift` seconds is written.
+async fn snapshot_on_the_stepped_clock(url: &str, shift: f64, when: &str) {
+    until(
+        url,
+        Duration::from_secs(30),
+        &format!("a snapshot {when}"),
+        |s| {
+            value(s, "flowcast_state_last_snapshot_timestamp_seconds", &[])
+                .is_some_and(|t| (t - (system_now() + shift)).abs() < 30.0)
+        },
+    )
+    .await;
+}
+
 fn observed(s: &[Scraped]) -> Option<f64> {
     value(s, "flowcast_observed_requests_per_second", &SERIES)
 }
@@ -149,16 +163,7 @@ async fn the_wall_clock_steps_back_an_hour_then_forward_a_day() {
     .await;
     assert_eq!(value(&after_back, "flowcast_ready", &SERIES), Some(1.0));
     // A snapshot written on the stepped clock; a sidecar on the true clock restores it.
-    until(
-        &url,
-        Duration::from_secs(30),
-        "a snapshot after the step back",
-        |s| {
-            value(s, "flowcast_state_last_snapshot_timestamp_seconds", &[])
-                .is_some_and(|t| (t - (system_now() - 3600.0)).abs() < 30.0)
-        },
-    )
-    .await;
+    snapshot_on_the_stepped_clock(&url, -3600.0, "after the step back").await;
     let back_copy = dir.with_extension("back");
     let _ = std::fs::remove_dir_all(&back_copy);
     std::fs::create_dir_all(&back_copy).expect("mkdir");
@@ -187,16 +192,7 @@ async fn the_wall_clock_steps_back_an_hour_then_forward_a_day() {
         "no forecast from a history that is not there"
     );
     assert!((last_tick(&after_forward) - (system_now() + 23.0 * 3600.0)).abs() < 30.0);
-    until(
-        &url,
-        Duration::from_secs(30),
-        "a snapshot after the step forward",
-        |s| {
-            value(s, "flowcast_state_last_snapshot_timestamp_seconds", &[])
-                .is_some_and(|t| (t - (system_now() + 23.0 * 3600.0)).abs() < 30.0)
-        },
-    )
-    .await;
+    snapshot_on_the_stepped_clock(&url, 23.0 * 3600.0, "after the step forward").await;
     shutdown.cancel();
     task.await.expect("the sidecar stops without a panic");
     feeder.abort();
