@@ -157,6 +157,7 @@ fn push_rows(report: &TickReport, rows: &mut Vec<Row>) {
     let series = report.series.first();
     let forecast = series.and_then(|s| s.forecast.as_ref());
     let weights = series.and_then(|s| s.weights);
+    let experts = series.and_then(|s| s.expert_forecasts);
     for (h, horizon) in HORIZON_SECONDS.iter().enumerate() {
         let (mean, lower, upper, u1) =
             forecast.map_or((f64::NAN, f64::NAN, f64::NAN, f64::NAN), |f| {
@@ -170,6 +171,7 @@ fn push_rows(report: &TickReport, rows: &mut Vec<Row>) {
             lower,
             upper,
             weights: std::array::from_fn(|i| weights.map_or(f64::NAN, |w| w[i][h])),
+            experts: std::array::from_fn(|i| experts.map_or(f64::NAN, |f| f[i][h])),
             u1,
         });
     }

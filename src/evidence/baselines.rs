@@ -394,6 +394,7 @@ pub fn run(baseline: Baseline, series: &Series, warmup_seconds: i64) -> Vec<Row>
                 lower: clip(l[j][kk]),
                 upper: clip(u[j][kk]),
                 weights: crate::evidence::dataset::NO_WEIGHTS,
+                experts: crate::evidence::dataset::NO_WEIGHTS,
                 u1: f64::NAN,
             });
         }

@@ -265,6 +265,9 @@ pub struct Row {
     /// Each expert's weight in the combination at this horizon ([`EXPERTS`] order); NaN
     /// when the band is the LSTM's alone or the series was not ready.
     pub weights: [f64; EXPERT_COUNT],
+    /// Each expert's own forecast (req/s) at this horizon ([`EXPERTS`] order), whether or
+    /// not it takes part; NaN where it had none or the band is the LSTM's alone.
+    pub experts: [f64; EXPERT_COUNT],
     /// The network's Monte-Carlo spread u1 at this horizon (req/s at its mean); NaN when
     /// not known (a baseline, or a series not ready).
     pub u1: f64,
@@ -296,14 +299,19 @@ pub fn as_written(rows: &[Row]) -> Vec<Row> {
 }
 
 /// Writes rows in the scorer's CSV format, then (columns the scorer ignores) each
-/// expert's weight, `w_<expert>`, empty when the band is not the combination's.
+/// expert's weight, `w_<expert>`, u1, and each expert's own forecast, `f_<expert>`, empty
+/// when the band is not the combination's.
 pub fn write_rows(path: &Path, rows: &[Row]) -> Result<(), DataError> {
     let mut out = String::with_capacity(rows.len() * 96);
     out.push_str("origin,horizon_seconds,mean,lower,upper");
     for name in EXPERTS {
         let _ = write!(out, ",w_{name}");
     }
-    out.push_str(",u1\n");
+    out.push_str(",u1");
+    for name in EXPERTS {
+        let _ = write!(out, ",f_{name}");
+    }
+    out.push('\n');
     for r in rows {
         if r.mean.is_finite() {
             let _ = write!(
@@ -325,6 +333,13 @@ pub fn write_rows(path: &Path, rows: &[Row]) -> Result<(), DataError> {
             let _ = write!(out, ",{:.6}", r.u1);
         } else {
             out.push(',');
+        }
+        for f in r.experts {
+            if f.is_finite() {
+                let _ = write!(out, ",{f:.6}");
+            } else {
+                out.push(',');
+            }
         }
         out.push('\n');
     }

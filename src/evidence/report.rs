@@ -489,6 +489,7 @@ mod tests {
                         lower: 0.8 * v,
                         upper: 1.2 * v,
                         weights: crate::evidence::dataset::NO_WEIGHTS,
+                        experts: crate::evidence::dataset::NO_WEIGHTS,
                         u1: f64::NAN,
                     }
                 })

@@ -760,6 +760,7 @@ mod tests {
                 lower: f64::NAN,
                 upper: v[(i + 1).min(39)],
                 weights: crate::evidence::dataset::NO_WEIGHTS,
+                experts: crate::evidence::dataset::NO_WEIGHTS,
                 u1: f64::NAN,
             })
             .collect();
@@ -817,6 +818,7 @@ mod tests {
                     lower: f64::NAN,
                     upper: 0.7 * v[(i + (h / 300) as usize - 1).min(399)],
                     weights: crate::evidence::dataset::NO_WEIGHTS,
+                    experts: crate::evidence::dataset::NO_WEIGHTS,
                     u1: f64::NAN,
                 })
             })

@@ -429,6 +429,7 @@ impl Engine {
                 error_ratio: std::array::from_fn(|h| rolling[h].error_ratio),
                 experts: combined.map(|_| learnt.combiner.skill(settings.experts)),
                 weights: combined.map(|c| c.weights),
+                expert_forecasts: combined.map(|c| c.forecasts),
                 forecast,
                 recent_steps: view.steps.to_vec(),
                 mean_latency_seconds: learnt.latency,

@@ -44,6 +44,10 @@ pub struct SeriesReport {
     /// is the combination's.
     #[serde(skip)]
     pub weights: Option<[[f64; HORIZON_STEPS]; crate::forecast::combine::EXPERT_COUNT]>,
+    /// Each expert's forecast (req/s) per expert and horizon, when the band is the
+    /// combination's (the backtest writes them).
+    #[serde(skip)]
+    pub expert_forecasts: Option<[[f64; HORIZON_STEPS]; crate::forecast::combine::EXPERT_COUNT]>,
 }
 
 /// Everything one tick produced.

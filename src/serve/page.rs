@@ -310,6 +310,7 @@ mod tests {
                 step_history_seconds: 0.0,
                 experts: None,
                 weights: None,
+                expert_forecasts: None,
                 observed: Some(level),
                 anomaly_score: None,
                 out_of_band: None,

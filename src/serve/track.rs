@@ -259,6 +259,7 @@ mod tests {
                 step_history_seconds: 0.0,
                 experts: None,
                 weights: None,
+                expert_forecasts: None,
                 observed: steps[WINDOW_STEPS - 1],
                 anomaly_score: None,
                 out_of_band: None,

@@ -11,6 +11,7 @@ use std::process::Command;
 use flowcast::evidence::backtest::{self, Row, Series};
 use flowcast::evidence::baselines::{self, Baseline};
 use flowcast::evidence::scaling::{self, Deployment};
+use flowcast::forecast::combine::{EXPERTS, EXPERT_COUNT};
 use serde_json::Value;
 
 use crate::support::{python, shared_dir};
@@ -42,7 +43,8 @@ fn script(python: &Path, shared: &Path, name: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Reads a forecast CSV (`origin,horizon_seconds,mean,lower,upper,w_<expert>…`); empty
+/// Reads a forecast CSV (`origin,horizon_seconds,mean,lower,upper,w_<expert>…,u1,
+/// f_<expert>…`); empty
 /// cells and `nan` are NaN.
 fn read_rows(path: &Path) -> Vec<Row> {
     let text = std::fs::read_to_string(path).expect("forecast CSV");
@@ -64,9 +66,10 @@ fn read_rows(path: &Path) -> Vec<Row> {
                 lower: cell(c[3]),
                 upper: cell(c[4]),
                 weights: std::array::from_fn(|i| c.get(5 + i).map_or(f64::NAN, |s| cell(s))),
-                u1: c
-                    .get(5 + flowcast::forecast::combine::EXPERT_COUNT)
-                    .map_or(f64::NAN, |s| cell(s)),
+                u1: c.get(5 + EXPERT_COUNT).map_or(f64::NAN, |s| cell(s)),
+                experts: std::array::from_fn(|i| {
+                    c.get(6 + EXPERT_COUNT + i).map_or(f64::NAN, |s| cell(s))
+                }),
             }
         })
         .collect()
@@ -348,4 +351,68 @@ fn the_baselines_agree_with_baselines_py() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The backtest writes each expert's own forecast beside the combination's (`f_<expert>`),
+/// the evidence of models/training/oracle_weights.py: persistence is the newest complete
+/// window and day-ago the window a day before the target, to the step history's bf16
+/// precision, on a real 1-minute series (ClarkNet), with the header naming each column.
+#[test]
+fn the_backtest_writes_what_each_expert_forecast() {
+    let Some(shared) = shared_dir() else {
+        return;
+    };
+    let dir = scratch("experts");
+    let data = shared.join("data/extra/clarknet_http_1min.csv");
+    let fc = dir.join("fc.csv");
+    let run = Command::new(env!("CARGO_BIN_EXE_flowcast"))
+        .args(["backtest", "--mc-passes", "4", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&fc)
+        .output()
+        .expect("flowcast runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = std::fs::read_to_string(&fc).expect("forecast CSV");
+    let header: Vec<&str> = text.lines().next().expect("header").split(',').collect();
+    let named: Vec<String> = EXPERTS.iter().map(|e| format!("f_{e}")).collect();
+    assert_eq!(header[6 + EXPERT_COUNT..], named[..], "{header:?}");
+    let rows = read_rows(&fc);
+    let targets = backtest::targets(&backtest::read_series(&data, None).expect("series"));
+    let at = |name: &str| EXPERTS.iter().position(|e| *e == name).expect("expert");
+    let (persistence, day_ago, lstm) = (at("persistence"), at("day_ago"), at("lstm"));
+    let near = |a: f64, b: f64| (a - b).abs() <= 4e-3 * b.abs().max(1e-9);
+    let (mut checked_p, mut checked_d) = (0, 0);
+    for r in rows.iter().filter(|r| r.mean.is_finite()) {
+        let h = r.horizon / 300 - 1;
+        assert!(
+            r.experts[lstm].is_finite() && r.experts[lstm] >= 0.0,
+            "{r:?}"
+        );
+        if let Some(&last) = targets.get(&(r.origin - 300)) {
+            assert!(
+                near(r.experts[persistence], last),
+                "persistence {r:?} vs {last}"
+            );
+            checked_p += 1;
+        }
+        match targets.get(&(r.origin + 300 * h - 86_400)) {
+            Some(&day) => {
+                assert!(near(r.experts[day_ago], day), "day ago {r:?} vs {day}");
+                checked_d += 1;
+            }
+            None if r.origin + 300 * h - 86_400 > rows[0].origin => {
+                assert!(r.experts[day_ago].is_nan(), "day ago of a hole: {r:?}");
+            }
+            None => {}
+        }
+    }
+    assert!(
+        checked_p > 10_000 && checked_d > 10_000,
+        "{checked_p} {checked_d}"
+    );
 }
