@@ -171,7 +171,7 @@ fn push_rows(report: &TickReport, rows: &mut Vec<Row>) {
             lower,
             upper,
             weights: std::array::from_fn(|i| weights.map_or(f64::NAN, |w| w[i][h])),
-            experts: std::array::from_fn(|i| experts.map_or(f64::NAN, |f| f[i][h])),
+            experts: std::array::from_fn(|i| experts.and_then(|f| f[i][h]).unwrap_or(f64::NAN)),
             u1,
         });
     }

@@ -295,9 +295,9 @@ pub struct Combined {
     pub centre: [f64; HORIZON_STEPS],
     /// Each expert's weight per horizon (0 where it had no forecast).
     pub weights: [[f64; HORIZON_STEPS]; EXPERT_COUNT],
-    /// Each expert's forecast per horizon (req/s; NaN where it had none), whether or not
-    /// it takes part: the evidence of what each would have done.
-    pub forecasts: [[f64; HORIZON_STEPS]; EXPERT_COUNT],
+    /// Each expert's forecast per horizon (req/s; `None` where it had none), whether or
+    /// not it takes part: the evidence of what each would have done.
+    pub forecasts: [[Option<f64>; HORIZON_STEPS]; EXPERT_COUNT],
 }
 
 /// What the experts have been worth lately, per expert and horizon.
@@ -497,7 +497,7 @@ impl Combiner {
             scale,
             centre: [0.0; HORIZON_STEPS],
             weights: [[0.0; HORIZON_STEPS]; EXPERT_COUNT],
-            forecasts: forecasts.map(|by_horizon| by_horizon.map(|v| v.unwrap_or(f64::NAN))),
+            forecasts,
         };
         for h in 0..HORIZON_STEPS {
             let available = std::array::from_fn(|i| experts.contains(i) && zeta[i][h].is_finite());

@@ -47,7 +47,8 @@ pub struct SeriesReport {
     /// Each expert's forecast (req/s) per expert and horizon, when the band is the
     /// combination's (the backtest writes them).
     #[serde(skip)]
-    pub expert_forecasts: Option<[[f64; HORIZON_STEPS]; crate::forecast::combine::EXPERT_COUNT]>,
+    pub expert_forecasts:
+        Option<[[Option<f64>; HORIZON_STEPS]; crate::forecast::combine::EXPERT_COUNT]>,
 }
 
 /// Everything one tick produced.
