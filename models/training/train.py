@@ -75,6 +75,7 @@ PER_SERIES_PER_EPOCH = 2000
 PATIENCE = 4
 VAL_FRACTION = 0.2
 GRAD_CLIP = 5.0
+MSE_WEIGHT = 0.0    # --mse-weight (issue #21: 5 makes the network the best NAB expert)
 MC_PASSES_CAL = 30
 CAL_PER_SERIES = 2500
 
@@ -537,6 +538,10 @@ def pinball_loss(q, y, m):
 def loss_fn(outputs, y, m, quantile_weight):
     mean, lv, q = outputs
     loss = kg_loss(mean, lv, y, m)
+    if MSE_WEIGHT > 0:
+        # The Kendall-Gal loss lets the mean give up where the predicted variance is high,
+        # which is where the combination's squared error is made: this term holds it there.
+        loss = loss + MSE_WEIGHT * (((y - mean) ** 2) * m).sum() / m.sum().clamp_min(1.0)
     if quantile_weight > 0:
         loss = loss + quantile_weight * pinball_loss(q, y, m)
     return loss
@@ -781,8 +786,11 @@ def main():
                     help="gaussian: train the mean and log variance only (the ablation)")
     ap.add_argument("--no-seasonal", action="store_true",
                     help="zero the day/week/slow-level decoder inputs (the ablation)")
+    ap.add_argument("--mse-weight", type=float, default=MSE_WEIGHT,
+                    help="weight of a squared-error term on the mean beside the Kendall-Gal loss")
     args = ap.parse_args()
-    global QUANTILE_WEIGHT
+    global QUANTILE_WEIGHT, MSE_WEIGHT
+    MSE_WEIGHT = args.mse_weight
     QUANTILE_WEIGHT = 1.0 if args.head == "quantile" else 0.0
 
     t_start = time.time()
@@ -1035,6 +1043,7 @@ def main():
             "synthetic": {"series": args.synthetic, "seed": args.synthetic_seed,
                           "generator": "models/training/synthetic.py"},
             "head": args.head,
+            "mse_weight": MSE_WEIGHT,
             "seasonal_inputs": not args.no_seasonal,
             "split": "last 20% of each series by time is validation",
             "validation_origins": "300-s grid only (1-min series train on every 60-s origin)",
