@@ -80,26 +80,16 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
     (a.is_nan() && b.is_nan()) || (a - b).abs() <= rel * a.abs().max(b.abs()) + 1e-9
 }
 
-/// The series' flowcast forecasts written by the real binary with the what-if on, and its
-/// stdout.
-fn flowcast_backtest(data: &Path, out: &Path, capacity: f64) -> String {
+/// Runs the real binary's `backtest` of `data` into `out` with `extra` flags; returns its
+/// stdout, failing the test if it fails.
+fn run_backtest(data: &Path, out: &Path, extra: &[&str]) -> String {
     let run = Command::new(env!("CARGO_BIN_EXE_flowcast"))
         .arg("backtest")
         .arg("--data")
         .arg(data)
         .arg("--out")
         .arg(out)
-        .args([
-            "--replica-capacity",
-            &capacity.to_string(),
-            "--startup",
-            "5m",
-            // Latency: 4 servers per replica, at full load 25 % above the capacity.
-            "--service-time",
-            &format!("{:.0}ms", 4000.0 / (1.25 * capacity)),
-            "--concurrency",
-            "4",
-        ])
+        .args(extra)
         .output()
         .expect("flowcast runs");
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
@@ -109,6 +99,26 @@ fn flowcast_backtest(data: &Path, out: &Path, capacity: f64) -> String {
         String::from_utf8_lossy(&run.stderr)
     );
     stdout
+}
+
+/// The series' flowcast forecasts written by the real binary with the what-if on, and its
+/// stdout.
+fn flowcast_backtest(data: &Path, out: &Path, capacity: f64) -> String {
+    run_backtest(
+        data,
+        out,
+        &[
+            "--replica-capacity",
+            &capacity.to_string(),
+            "--startup",
+            "5m",
+            // Latency: 4 servers per replica, at full load 25 % above the capacity.
+            "--service-time",
+            &format!("{:.0}ms", 4000.0 / (1.25 * capacity)),
+            "--concurrency",
+            "4",
+        ],
+    )
 }
 
 /// The what-if gives scaling.py's numbers on a development series: the binary's policies
@@ -365,18 +375,7 @@ fn the_backtest_writes_what_each_expert_forecast() {
     let dir = scratch("experts");
     let data = shared.join("data/extra/clarknet_http_1min.csv");
     let fc = dir.join("fc.csv");
-    let run = Command::new(env!("CARGO_BIN_EXE_flowcast"))
-        .args(["backtest", "--mc-passes", "4", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&fc)
-        .output()
-        .expect("flowcast runs");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    run_backtest(&data, &fc, &["--mc-passes", "4"]);
     let text = std::fs::read_to_string(&fc).expect("forecast CSV");
     let header: Vec<&str> = text.lines().next().expect("header").split(',').collect();
     let named: Vec<String> = EXPERTS.iter().map(|e| format!("f_{e}")).collect();
